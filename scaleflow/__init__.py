@@ -1,0 +1,1 @@
+"""scaleflow: scaling operations as durable Temporal workflows."""

@@ -1,0 +1,1 @@
+"""Every side effect lives here: processes, memcached, AWS, Nomad, S3, SQL."""

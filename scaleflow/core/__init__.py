@@ -1,0 +1,1 @@
+"""Pure code: models, maths and decisions. Imports nothing else of ours."""

@@ -1,0 +1,195 @@
+"""Pydantic models shared by the workflows, activities and the API."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+NAME_RE = re.compile(r"^[A-Za-z0-9@._-]{1,64}$")
+# The control plane's own events carry the original scaler's source name, so that
+# clients written against chemtrail keep working.
+CONTROL_SOURCE = "chemtrail"
+
+
+def pool_workflow_id(name: str) -> str:
+    return f"pool/{name}"
+
+
+def valid_name(name: str) -> bool:
+    return bool(NAME_RE.match(name))
+
+
+class NodeState(StrEnum):
+    PROVISIONING = "provisioning"
+    READY = "ready"
+    DRAINING = "draining"
+    TERMINATED = "terminated"
+
+
+class Engine(StrEnum):
+    MEMCACHED = "memcached"
+    NOMAD = "nomad"
+    NONE = "none"
+
+
+class ProviderName(StrEnum):
+    LOCAL = "local"
+    NOOP = "no-op"
+    AWS_AUTOSCALING = "aws-autoscaling"
+
+
+class Selector(StrEnum):
+    LEAST_BUSY = "least_busy"
+    NEWEST = "newest"
+    OLDEST = "oldest"
+
+
+class Node(BaseModel):
+    id: str
+    address: str | None = None
+    provider_ref: str = ""
+    state: NodeState = NodeState.READY
+    created_at: datetime
+    # Engine-specific facts, e.g. the Nomad node id behind an instance.
+    attributes: dict[str, str] = Field(default_factory=dict)
+
+
+class Check(BaseModel):
+    enabled: bool = True
+    resource: Literal["cpu", "memory"]
+    comparison_operator: Literal["greater-than", "less-than"]
+    comparison_percentage: float = Field(ge=0, le=100)
+    action: Literal["scale-in", "scale-out"]
+
+
+class PoolConfig(BaseModel):
+    name: str
+    enabled: bool = True
+    engine: Engine = Engine.MEMCACHED
+    provider: ProviderName = ProviderName.LOCAL
+    provider_config: dict[str, str] = Field(default_factory=dict)
+    min_count: int = Field(default=1, ge=0, le=10_000)
+    max_count: int = Field(default=8, ge=0, le=10_000)
+    scale_out_count: int = Field(default=1, ge=1, le=100)
+    scale_in_count: int = Field(default=1, ge=1, le=100)
+    selector: Selector = Selector.LEAST_BUSY
+    drain_deadline_s: float = Field(default=300.0, ge=0, le=86_400)
+    checks: dict[str, Check] = Field(default_factory=dict)
+    # Nomad node class of the pool's nodes; the pool's name when unset.
+    node_class: str | None = None
+    capacity_mb: int = Field(default=64, ge=1, le=1_048_576)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not valid_name(v):
+            raise ValueError(f"invalid pool name {v!r}: use 1-64 of [A-Za-z0-9@._-]")
+        return v
+
+    @model_validator(mode="after")
+    def _bounds(self) -> PoolConfig:
+        if self.min_count > self.max_count:
+            raise ValueError(
+                f"MinCount ({self.min_count}) must not exceed MaxCount ({self.max_count})"
+            )
+        return self
+
+    @property
+    def nomad_class(self) -> str:
+        return self.node_class or self.name
+
+
+class EventNote(BaseModel):
+    """One line an activity adds to its operation's scaling events."""
+
+    message: str
+    source: str = CONTROL_SOURCE
+    at_ns: int | None = None
+
+
+class ActivityReport(BaseModel):
+    events: list[EventNote] = Field(default_factory=list)
+
+
+class OperationKind(StrEnum):
+    SCALE_OUT = "scale-out"
+    SCALE_IN = "scale-in"
+
+
+DIRECTIONS: dict[OperationKind, str] = {
+    OperationKind.SCALE_OUT: "out",
+    OperationKind.SCALE_IN: "in",
+}
+
+
+class OperationRequest(BaseModel):
+    kind: OperationKind
+    request_id: str = Field(min_length=1, max_length=200)
+    count: int | None = Field(default=None, ge=1, le=100)
+    reason: str = "api"
+
+
+class OperationAccepted(BaseModel):
+    id: str
+    duplicate: bool = False
+
+
+class OperationInput(BaseModel):
+    op_id: str
+    pool: str
+    kind: OperationKind
+    count: int
+    config: PoolConfig
+    reason: str = "api"
+
+
+class PoolSnapshot(BaseModel):
+    """What an operation is given when its turn comes."""
+
+    nodes: list[Node]
+
+
+class OperationResult(BaseModel):
+    added: list[Node] = Field(default_factory=list)
+    removed: list[str] = Field(default_factory=list)
+
+
+class NodeMark(BaseModel):
+    node_id: str
+    state: NodeState
+
+
+class PoolView(BaseModel):
+    name: str
+    config: PoolConfig
+    has_policy: bool
+    nodes: list[Node]
+    queue: list[str]
+    running: str | None
+
+
+# ---- the scaling-event document (the seed's JSON names) ---------------------
+
+
+class ScalingEventItem(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+    timestamp: int = Field(alias="Timestamp")
+    message: str = Field(alias="Message")
+    source: str = Field(alias="Source")
+
+
+OperationStatus = Literal["started", "in-progress", "success", "failed", "cancelled"]
+
+
+class ScalingEvent(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+    events: list[ScalingEventItem] = Field(alias="Events")
+    direction: str = Field(alias="Direction")
+    last_update: int = Field(alias="LastUpdate")
+    status: OperationStatus = Field(alias="Status")
+    provider: str = Field(alias="Provider")
+    provider_cfg: dict[str, str] = Field(alias="ProviderCfg")

@@ -1,0 +1,44 @@
+"""Settings from the environment (prefix SCALEFLOW_); every default works on one machine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SCALEFLOW_", extra="ignore")
+
+    temporal_address: str = "127.0.0.1:7233"
+    temporal_namespace: str = "default"
+    task_queue: str = "scaleflow"
+    temporal_ui_port: int = 8233
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+
+    state_dir: Path = Path("var")
+    memcached_bin: str = "memcached"
+    memcached_host: str = "127.0.0.1"
+
+    nomad_address: str = "http://127.0.0.1:4646"
+    nomad_token: str | None = None
+    nomad_poll_interval_s: float = 1.0
+    # The Nomad node the scaler itself runs on is never picked for scale-in.
+    nomad_self_node_id: str | None = None
+
+    aws_endpoint_url: str | None = None
+    aws_region: str = "us-east-1"
+
+    drain_poll_interval_s: float = 0.5
+    node_ready_timeout_s: float = 600.0
+    event_retention_hours: float = 48.0
+
+    default_pool: bool = True
+    default_pool_name: str = "default"
+    log_level: str = "INFO"
+
+    @property
+    def nodes_dir(self) -> Path:
+        return self.state_dir / "nodes"
