@@ -64,7 +64,9 @@ class MemcachedEngine:
                 node = req.node.model_copy(update={"state": NodeState.READY})
                 return ReadyResult(
                     node=node,
-                    events=[note(f"node {node.id} at {addr} answers (memcached {version})", SOURCE)],
+                    events=[
+                        note(f"node {node.id} at {addr} answers (memcached {version})", SOURCE)
+                    ],
                 )
             except (OSError, ValueError) as exc:
                 last_error = str(exc) or type(exc).__name__
@@ -90,12 +92,15 @@ class MemcachedEngine:
         node: Node = req.node
         addr = node.address or ""
         events = []
-        first = True
+        first = req.first
+        slice_end = time.monotonic() + req.slice_s
         while True:
             try:
                 open_conns = client_connections(addr)
             except (OSError, ValueError, KeyError):
-                events.append(note(f"node {node.id} at {addr} does not answer; nothing to drain", SOURCE))
+                events.append(
+                    note(f"node {node.id} at {addr} does not answer; nothing to drain", SOURCE)
+                )
                 return DrainResult(completed=True, events=events)
             if open_conns == 0:
                 events.append(note(f"all client connections on node {node.id} have closed", SOURCE))
@@ -105,7 +110,7 @@ class MemcachedEngine:
                     note(f"draining node {node.id}: {open_conns} client connections open", SOURCE)
                 )
                 first = False
-            if time.time_ns() >= req.deadline_ns:
+            if req.deadline_ns == 0 or time.time_ns() >= req.deadline_ns:
                 events.append(
                     note(
                         f"drain deadline reached for node {node.id} with "
@@ -113,6 +118,8 @@ class MemcachedEngine:
                         SOURCE,
                     )
                 )
+                return DrainResult(completed=False, remaining=open_conns, events=events)
+            if time.monotonic() >= slice_end:
                 return DrainResult(completed=False, remaining=open_conns, events=events)
             heartbeat({"open": open_conns})
             time.sleep(self.poll_s)

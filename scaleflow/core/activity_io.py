@@ -57,8 +57,13 @@ class LoadResult(ActivityReport):
 class DrainInput(BaseModel):
     node: Node
     config: PoolConfig
-    # Absolute, so that a resumed drain keeps the original deadline.
+    # Absolute, so that a resumed drain keeps the original deadline; 0 asks for one
+    # final reading after the workflow's own deadline timer has fired.
     deadline_ns: int
+    # The activity returns after at most this long; the workflow calls it again.
+    slice_s: float = 30.0
+    # Whether this is the drain's first slice (it announces the drain).
+    first: bool = True
 
 
 class DrainResult(ActivityReport):

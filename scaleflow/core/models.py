@@ -158,9 +158,24 @@ class OperationResult(BaseModel):
     removed: list[str] = Field(default_factory=list)
 
 
-class NodeMark(BaseModel):
-    node_id: str
-    state: NodeState
+class NodeChange(BaseModel):
+    """An operation tells its pool that a node joined, changed state or left."""
+
+    op_id: str
+    node: Node
+
+
+class PolicyChange(BaseModel):
+    config: PoolConfig
+
+
+class PoolInit(BaseModel):
+    config: PoolConfig
+    has_policy: bool = True
+    # Carried over by continue-as-new.
+    nodes: list[Node] = Field(default_factory=list)
+    requests: dict[str, str] = Field(default_factory=dict)
+    sync_membership: bool = True
 
 
 class PoolView(BaseModel):

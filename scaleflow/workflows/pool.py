@@ -1,0 +1,349 @@
+"""``PoolWorkflow``: one entity per pool. It owns configuration and membership, and
+runs operations one at a time, in the order they were accepted."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import SearchAttributePair, TypedSearchAttributes
+from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
+
+from scaleflow.workflows import attributes, options
+from scaleflow.workflows.operation import OperationBase
+from scaleflow.workflows.scale_in import ScaleInWorkflow
+from scaleflow.workflows.scale_out import ScaleOutWorkflow
+
+with workflow.unsafe.imports_passed_through():
+    from scaleflow.core.activity_io import ListNodesInput, ListNodesResult
+    from scaleflow.core.errors import ErrorKind
+    from scaleflow.core.models import (
+        DIRECTIONS,
+        Node,
+        NodeChange,
+        NodeState,
+        OperationAccepted,
+        OperationInput,
+        OperationKind,
+        OperationRequest,
+        PolicyChange,
+        PoolInit,
+        PoolSnapshot,
+        PoolView,
+        ProviderName,
+    )
+
+REQUESTS_KEPT = 1000
+MIN_COUNT_REASON = "min_count"
+
+
+def reject(kind: ErrorKind, message: str) -> ApplicationError:
+    return ApplicationError(message, type=kind.value, non_retryable=True)
+
+
+@dataclass
+class Queued:
+    op_id: str
+    kind: OperationKind
+    reason: str
+    # Nodes still to add (> 0) or remove (< 0); falls as the operation reports.
+    remaining: int
+
+
+@workflow.defn
+class PoolWorkflow:
+    @workflow.init
+    def __init__(self, init: PoolInit) -> None:
+        self.config = init.config
+        self.has_policy = init.has_policy
+        self.nodes: dict[str, Node] = {n.id: n for n in init.nodes}
+        self.requests: dict[str, str] = dict(init.requests)
+        self.queue: list[Queued] = []
+        self.handles: dict[str, workflow.ChildWorkflowHandle[Any, Any]] = {}
+        self.running: str | None = None
+        self.sync_needed = init.sync_membership
+        self.top_up_failures = 0
+        self.top_up_after = workflow.now()
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    # ---- the loop -----------------------------------------------------------
+
+    @workflow.run
+    async def run(self, init: PoolInit) -> None:
+        while True:
+            if self.sync_needed and not self.queue:
+                await self._sync()
+            if self._below_min():
+                await self._enqueue(OperationKind.SCALE_OUT, self._shortfall(), MIN_COUNT_REASON)
+            await workflow.wait_condition(
+                lambda: (
+                    bool(self.queue) or self.sync_needed or self._below_min() or self._may_end()
+                ),
+                timeout=self._top_up_wait(),
+            )
+            if self.queue:
+                await self._run_next()
+            elif self._may_end():
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                if not self.queue:
+                    workflow.continue_as_new(self._carry())
+
+    def _may_end(self) -> bool:
+        return workflow.info().is_continue_as_new_suggested()
+
+    def _carry(self) -> PoolInit:
+        kept = dict(list(self.requests.items())[-REQUESTS_KEPT:])
+        return PoolInit(
+            config=self.config,
+            has_policy=self.has_policy,
+            nodes=list(self.nodes.values()),
+            requests=kept,
+            sync_membership=False,
+        )
+
+    # ---- membership ---------------------------------------------------------
+
+    def _projected(self) -> int:
+        return len(self.nodes) + sum(q.remaining for q in self.queue)
+
+    def _shortfall(self) -> int:
+        return self.config.min_count - self._projected()
+
+    def _below_min(self) -> bool:
+        return (
+            self.has_policy
+            and self.config.enabled
+            and self._shortfall() > 0
+            and workflow.now() >= self.top_up_after
+        )
+
+    def _top_up_wait(self) -> timedelta | None:
+        if self.has_policy and self.config.enabled and self._shortfall() > 0:
+            return max(self.top_up_after - workflow.now(), timedelta(seconds=1))
+        return None
+
+    async def _sync(self) -> None:
+        self.sync_needed = False
+        try:
+            found = await workflow.execute_activity(
+                "list_pool_nodes",
+                ListNodesInput(pool=self.name, config=self.config),
+                result_type=ListNodesResult,
+                **options.quick(attempts=3),
+            )
+        except ActivityError:
+            workflow.logger.warning("pool %s: could not list the provider's nodes", self.name)
+            return
+        if found.nodes is None:
+            return
+        by_ref = {n.provider_ref: n for n in self.nodes.values()}
+        self.nodes = {}
+        for node in found.nodes:
+            mine = by_ref.get(node.provider_ref)
+            kept = mine if mine is not None else node
+            self.nodes[kept.id] = kept
+
+    @workflow.signal
+    def node_changed(self, change: NodeChange) -> None:
+        node = change.node
+        entry = next((q for q in self.queue if q.op_id == change.op_id), None)
+        if node.state == NodeState.TERMINATED:
+            if self.nodes.pop(node.id, None) is not None and entry and entry.remaining < 0:
+                entry.remaining += 1
+            return
+        is_new = node.id not in self.nodes
+        self.nodes[node.id] = node
+        if is_new and entry and entry.remaining > 0:
+            entry.remaining -= 1
+
+    # ---- operations ---------------------------------------------------------
+
+    async def _enqueue(self, kind: OperationKind, count: int, reason: str) -> str:
+        op_id = str(workflow.uuid4())
+        entry = Queued(op_id, kind, reason, count if kind == OperationKind.SCALE_OUT else -count)
+        # Queued before the await, so the order is the order of acceptance.
+        self.queue.append(entry)
+        direction = DIRECTIONS[kind]
+        run = ScaleOutWorkflow.run if kind == OperationKind.SCALE_OUT else ScaleInWorkflow.run
+        try:
+            handle = await workflow.start_child_workflow(
+                run,
+                OperationInput(
+                    op_id=op_id,
+                    pool=self.name,
+                    kind=kind,
+                    count=count,
+                    config=self.config,
+                    reason=reason,
+                ),
+                id=op_id,
+                memo={
+                    "Direction": direction,
+                    "Provider": self.config.provider.value,
+                    "ProviderCfg": self.config.provider_config,
+                    "Pool": self.name,
+                    "Reason": reason,
+                },
+                search_attributes=TypedSearchAttributes(
+                    [
+                        SearchAttributePair(attributes.POOL, self.name),
+                        SearchAttributePair(attributes.DIRECTION, direction),
+                        SearchAttributePair(attributes.PROVIDER, self.config.provider.value),
+                    ]
+                ),
+                parent_close_policy=workflow.ParentClosePolicy.REQUEST_CANCEL,
+            )
+        except BaseException:
+            self.queue.remove(entry)
+            raise
+        self.handles[op_id] = handle
+        return op_id
+
+    async def _run_next(self) -> None:
+        entry = self.queue[0]
+        await workflow.wait_condition(lambda: entry.op_id in self.handles)
+        handle = self.handles[entry.op_id]
+        self.running = entry.op_id
+        ok = True
+        try:
+            try:
+                snapshot = PoolSnapshot(nodes=list(self.nodes.values()))
+                await handle.signal(OperationBase.go, snapshot)
+            except Exception:
+                pass  # closed while queued (cancelled): waiting on it below just ends
+            try:
+                await handle
+            except ChildWorkflowError:
+                ok = False
+        finally:
+            self.queue.pop(0)
+            self.handles.pop(entry.op_id, None)
+            self.running = None
+        if entry.reason == MIN_COUNT_REASON:
+            self._after_top_up(ok)
+
+    def _after_top_up(self, ok: bool) -> None:
+        # A pool that cannot reach its minimum retries with backoff, not in a tight loop.
+        self.top_up_failures = 0 if ok else self.top_up_failures + 1
+        delay = 0 if ok else min(600, 5 * 2 ** min(self.top_up_failures, 7))
+        self.top_up_after = workflow.now() + timedelta(seconds=delay)
+
+    @workflow.update
+    async def submit(self, req: OperationRequest) -> OperationAccepted:
+        if req.request_id in self.requests:
+            return OperationAccepted(id=self.requests[req.request_id], duplicate=True)
+        count = self._count(req)
+        op_id = await self._enqueue_recorded(req, count)
+        return OperationAccepted(id=op_id)
+
+    async def _enqueue_recorded(self, req: OperationRequest, count: int) -> str:
+        # Recorded before the first await: a concurrent repeat finds it.
+        self.requests[req.request_id] = ""
+        try:
+            op_id = await self._enqueue(req.kind, count, req.reason)
+        except BaseException:
+            self.requests.pop(req.request_id, None)
+            raise
+        self.requests[req.request_id] = op_id
+        return op_id
+
+    def _count(self, req: OperationRequest) -> int:
+        if req.count is not None:
+            return req.count
+        if req.kind == OperationKind.SCALE_OUT:
+            return self.config.scale_out_count
+        return self.config.scale_in_count
+
+    @submit.validator
+    def _check_submit(self, req: OperationRequest) -> None:
+        if req.request_id in self.requests:
+            return
+        cfg = self.config
+        if not self.has_policy:
+            raise reject(ErrorKind.NO_POLICY, f"no scaling policy found for class {self.name}")
+        if not cfg.enabled:
+            raise reject(
+                ErrorKind.POLICY_DISABLED, f"scaling policy for class {self.name} is disabled"
+            )
+        if cfg.provider == ProviderName.AWS_AUTOSCALING and not cfg.provider_config.get("asg-name"):
+            raise reject(
+                ErrorKind.NO_PROVIDER,
+                f"provider aws-autoscaling of class {self.name} is not configured: "
+                "ProviderConfig needs asg-name",
+            )
+        count = self._count(req)
+        projected = self._projected()
+        if req.kind == OperationKind.SCALE_OUT and projected + count > cfg.max_count:
+            raise reject(
+                ErrorKind.BOUNDS,
+                f"scaling out class {self.name} by {count} would exceed MaxCount "
+                f"{cfg.max_count} (count after queued operations: {projected})",
+            )
+        if req.kind == OperationKind.SCALE_IN:
+            if projected <= 0:
+                raise reject(ErrorKind.NO_NODES, f"class {self.name} has no nodes")
+            if projected - count < cfg.min_count:
+                raise reject(
+                    ErrorKind.BOUNDS,
+                    f"scaling in class {self.name} by {count} would go below MinCount "
+                    f"{cfg.min_count} (count after queued operations: {projected})",
+                )
+
+    # ---- configuration ------------------------------------------------------
+
+    @workflow.update
+    def set_policy(self, change: PolicyChange) -> PoolView:
+        old = self.config
+        self.config = change.config
+        if not self.has_policy or old.provider != change.config.provider:
+            self.sync_needed = self.sync_needed or not self.nodes
+        self.has_policy = True
+        return self.view()
+
+    @set_policy.validator
+    def _check_policy(self, change: PolicyChange) -> None:
+        new, old = change.config, self.config
+        if new.name != self.name:
+            raise reject(ErrorKind.INVALID, f"policy class {new.name} does not match {self.name}")
+        moved = (new.provider, new.engine, new.provider_config.get("asg-name")) != (
+            old.provider,
+            old.engine,
+            old.provider_config.get("asg-name"),
+        )
+        if moved and self.nodes:
+            raise reject(
+                ErrorKind.CONFLICT,
+                f"class {self.name} has {len(self.nodes)} nodes from provider "
+                f"{old.provider.value} (engine {old.engine.value}); scale it to 0 before "
+                "changing its provider or engine",
+            )
+
+    @workflow.update
+    def remove_policy(self) -> PoolView:
+        self.has_policy = False
+        return self.view()
+
+    @remove_policy.validator
+    def _check_remove(self) -> None:
+        if not self.has_policy:
+            raise reject(ErrorKind.NO_POLICY, f"no scaling policy found for class {self.name}")
+
+    @workflow.update
+    def ensure(self) -> PoolView:
+        return self.view()
+
+    @workflow.query
+    def view(self) -> PoolView:
+        return PoolView(
+            name=self.name,
+            config=self.config,
+            has_policy=self.has_policy,
+            nodes=list(self.nodes.values()),
+            queue=[q.op_id for q in self.queue],
+            running=self.running,
+        )

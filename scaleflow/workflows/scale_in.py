@@ -1,0 +1,122 @@
+"""Scale-in: pick a node, drain it within the deadline, deregister, terminate."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.exceptions import ApplicationError
+
+from scaleflow.workflows import options
+from scaleflow.workflows.operation import OperationBase
+
+with workflow.unsafe.imports_passed_through():
+    from scaleflow.core.activity_io import (
+        DrainInput,
+        DrainResult,
+        LoadInput,
+        LoadResult,
+        TerminateInput,
+    )
+    from scaleflow.core.errors import ErrorKind
+    from scaleflow.core.models import (
+        ActivityReport,
+        Node,
+        NodeState,
+        OperationInput,
+        OperationResult,
+        Selector,
+    )
+    from scaleflow.core.selection import candidates, select_node
+
+DRAIN_SLICE_S = 30.0
+DRAIN_POLL = timedelta(seconds=2)
+
+
+@workflow.defn
+class ScaleInWorkflow(OperationBase):
+    @workflow.run
+    async def run(self, inp: OperationInput) -> OperationResult:
+        snapshot = await self.wait_turn()
+        removed: list[str] = []
+        for _ in range(inp.count):
+            node = await self._pick(inp, snapshot.nodes, set(removed))
+            await self._remove(inp, node)
+            removed.append(node.id)
+        return OperationResult(removed=removed)
+
+    async def _pick(self, inp: OperationInput, nodes: list[Node], exclude: set[str]) -> Node:
+        pool = candidates(nodes, exclude)
+        load: dict[str, float] = {}
+        if inp.config.selector == Selector.LEAST_BUSY and pool:
+            measured = await workflow.execute_activity(
+                "node_load",
+                LoadInput(nodes=pool, config=inp.config),
+                result_type=LoadResult,
+                **options.quick(),
+            )
+            load = measured.load
+        node = select_node(pool, inp.config.selector, load)
+        if node is None:
+            raise ApplicationError(
+                f"no node of class {inp.pool} can be removed",
+                {"source": "chemtrail"},
+                type=ErrorKind.NO_NODES.value,
+                non_retryable=True,
+            )
+        return node
+
+    async def _remove(self, inp: OperationInput, node: Node) -> None:
+        draining = node.model_copy(update={"state": NodeState.DRAINING})
+        # Clients stop being given the node before the drain waits on them.
+        await self.report(inp.op_id, draining)
+        try:
+            await self._drain(inp, draining)
+        except BaseException:
+            await self.report(inp.op_id, node.model_copy(update={"state": NodeState.READY}))
+            raise
+        gone = node.model_copy(update={"state": NodeState.TERMINATED})
+        try:
+            await self._terminate(inp, draining)
+        except asyncio.CancelledError:
+            # Once termination has begun it is finished: a half-removed node helps nobody.
+            await self._terminate(inp, draining)
+            await self.report(inp.op_id, gone)
+            raise
+        # A node whose termination failed for good stays "draining", for an operator to see.
+        await self.report(inp.op_id, gone)
+
+    async def _drain(self, inp: OperationInput, node: Node) -> DrainResult:
+        """Drain in slices until done or until the deadline passes in workflow time.
+
+        Each slice is a short heartbeating activity; between slices the workflow
+        sleeps on a timer, so the deadline is durable and skippable in tests.
+        """
+        deadline = workflow.now() + timedelta(seconds=inp.config.drain_deadline_s)
+        req = DrainInput(node=node, config=inp.config, deadline_ns=int(deadline.timestamp() * 1e9))
+        while True:
+            left = (deadline - workflow.now()).total_seconds()
+            if left <= 0:
+                # One last reading reports what the deadline left behind.
+                req = req.model_copy(update={"deadline_ns": 0})
+            else:
+                req = req.model_copy(update={"slice_s": min(DRAIN_SLICE_S, left)})
+            result = await workflow.execute_activity(
+                "drain_node",
+                req,
+                result_type=DrainResult,
+                **options.long_running(DRAIN_SLICE_S),
+            )
+            if result.completed or req.deadline_ns == 0:
+                return result
+            req = req.model_copy(update={"first": False})
+            await workflow.sleep(min(DRAIN_POLL, timedelta(seconds=max(left, 0.001))))
+
+    async def _terminate(self, inp: OperationInput, node: Node) -> None:
+        await workflow.execute_activity(
+            "terminate_node",
+            TerminateInput(pool=inp.pool, node=node, config=inp.config),
+            result_type=ActivityReport,
+            **options.terminate(),
+        )

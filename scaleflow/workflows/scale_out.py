@@ -1,0 +1,74 @@
+"""Scale-out: provision, wait until the node answers, register; undo on failure."""
+
+from __future__ import annotations
+
+from temporalio import workflow
+
+from scaleflow.workflows import options
+from scaleflow.workflows.operation import OperationBase
+
+with workflow.unsafe.imports_passed_through():
+    from scaleflow.core.activity_io import (
+        ProvisionInput,
+        ProvisionResult,
+        ReadyInput,
+        ReadyResult,
+        TerminateInput,
+    )
+    from scaleflow.core.models import (
+        ActivityReport,
+        Node,
+        NodeState,
+        OperationInput,
+        OperationResult,
+    )
+
+
+@workflow.defn
+class ScaleOutWorkflow(OperationBase):
+    @workflow.run
+    async def run(self, inp: OperationInput) -> OperationResult:
+        snapshot = await self.wait_turn()
+        known = [n.provider_ref for n in snapshot.nodes if n.provider_ref]
+        # Every node id this run asked for, made or not: compensation covers them all.
+        attempted: dict[str, Node | None] = {}
+        ready: list[Node] = []
+        try:
+            for _ in range(inp.count):
+                node_id = str(workflow.uuid4())
+                attempted[node_id] = None
+                made = await workflow.execute_activity(
+                    "provision_node",
+                    ProvisionInput(
+                        pool=inp.pool, node_id=node_id, config=inp.config, known_refs=known
+                    ),
+                    result_type=ProvisionResult,
+                    **options.provision(),
+                )
+                attempted[node_id] = made.node
+                known.append(made.node.provider_ref)
+                up = await workflow.execute_activity(
+                    "node_ready",
+                    ReadyInput(node=made.node, config=inp.config, timeout_s=600),
+                    result_type=ReadyResult,
+                    **options.long_running(600, attempts=3),
+                )
+                ready.append(up.node)
+            for node in ready:
+                await self.report(inp.op_id, node)
+            return OperationResult(added=ready)
+        except BaseException:
+            await self._compensate(inp, attempted)
+            raise
+
+    async def _compensate(self, inp: OperationInput, attempted: dict[str, Node | None]) -> None:
+        for node_id, node in attempted.items():
+            target = node or Node(
+                id=node_id, provider_ref="", state=NodeState.PROVISIONING, created_at=workflow.now()
+            )
+            await workflow.execute_activity(
+                "terminate_node",
+                TerminateInput(pool=inp.pool, node=target, config=inp.config),
+                result_type=ActivityReport,
+                **options.terminate(),
+            )
