@@ -361,7 +361,8 @@ class NomadEngine:
         events: list[EventNote] = []
         # Seed the view of the allocations before starting, so the first stops are seen.
         seen = {a.id: a for a in client.allocations(nid)}
-        if node.drain_strategy is None:
+        final = req.deadline_ns == 0
+        if node.drain_strategy is None and not final and req.first:
             remaining_ns = req.deadline_ns - time.time_ns()
             # In Nomad a zero deadline means "no deadline" and a negative one "force now";
             # a deadline already passed must force, never wait forever.
@@ -372,6 +373,7 @@ class NomadEngine:
         allocs_done = drain_done = False
         was_down = False
         give_up_ns = req.deadline_ns + int(self.drain_grace_s * 1e9)
+        slice_end = time.monotonic() + req.slice_s
         while True:
             running = 0
             for alloc in client.allocations(nid):
@@ -401,7 +403,7 @@ class NomadEngine:
 
             if allocs_done and drain_done:
                 return DrainResult(completed=True, events=events)
-            if time.time_ns() >= give_up_ns:
+            if final or time.time_ns() >= give_up_ns:
                 events.append(
                     note(
                         f"drain of node {nid} did not finish by its deadline: "
@@ -409,6 +411,8 @@ class NomadEngine:
                         SOURCE,
                     )
                 )
+                return DrainResult(completed=False, remaining=running, events=events)
+            if time.monotonic() >= slice_end:
                 return DrainResult(completed=False, remaining=running, events=events)
             heartbeat({"node": nid, "running": running, "drain_complete": drain_done})
             time.sleep(self.poll_s)

@@ -29,12 +29,8 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    ConnectionError,
-    HTTPClientError,
-)
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as BotoConnectionError
 from temporalio.exceptions import ApplicationError
 
 from scaleflow.activities.notes import fatal, note, retryable
@@ -102,10 +98,11 @@ TRANSIENT_CODES = frozenset(
 )
 
 # botocore retries throttling itself first; Temporal's retry policy takes over after.
+# Short enough that one attempt fits the provision activity's 60 s start-to-close.
 BOTO_CONFIG = Config(
     retries={"mode": "standard", "max_attempts": 3},
     connect_timeout=5,
-    read_timeout=30,
+    read_timeout=15,
 )
 
 log = logging.getLogger(__name__)
@@ -120,7 +117,7 @@ def _is_transient(exc: Exception) -> bool:
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
         return _error_code(exc) in TRANSIENT_CODES or status >= 500 or status == 429
     # Refused, reset or timed-out connections; not credential or parameter errors.
-    return isinstance(exc, ConnectionError | HTTPClientError)
+    return isinstance(exc, BotoConnectionError | HTTPClientError)
 
 
 def aws_error(message: str, exc: Exception) -> ApplicationError:

@@ -1,0 +1,1 @@
+"""The HTTP surfaces: they start workflows and read their histories back."""

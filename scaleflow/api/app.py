@@ -1,0 +1,42 @@
+"""The FastAPI app factory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+
+from fastapi import FastAPI, Request, Response
+from temporalio.client import Client
+
+from scaleflow.api import errors
+from scaleflow.api.events import EventStore
+from scaleflow.api.routes import chemtrail, pools
+from scaleflow.core.settings import Settings
+from scaleflow.temporal import connect
+
+
+def create_app(settings: Settings | None = None, client: Client | None = None) -> FastAPI:
+    """The API; it connects to Temporal at start-up unless given a ``client``."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        conn = client or await connect(settings, attempts=60)
+        app.state.client = conn
+        app.state.events = EventStore(conn, timedelta(hours=settings.event_retention_hours))
+        yield
+
+    app = FastAPI(title="scaleflow", version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.requests = 0
+
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next) -> Response:  # type: ignore[no-untyped-def]
+        request.app.state.requests += 1
+        return await call_next(request)
+
+    errors.install(app)
+    app.include_router(chemtrail.router)
+    app.include_router(pools.router)
+    return app

@@ -1,0 +1,200 @@
+"""The chemtrail surface: scale a client class out and in, policies, scaling events."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Header, Request
+from fastapi.responses import JSONResponse
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.service import RPCError, RPCStatusCode
+
+from scaleflow.api.events import EventStore, is_operation_id
+from scaleflow.api.schemas.chemtrail import Policy
+from scaleflow.api.temporal import (
+    call_pool,
+    get_client,
+    get_settings,
+    pool_view,
+    pool_views,
+    upsert_pool,
+)
+from scaleflow.core.errors import ErrorKind, ScaleflowError
+from scaleflow.core.models import (
+    OperationAccepted,
+    OperationKind,
+    OperationRequest,
+    PolicyChange,
+    PoolInit,
+    ScalingEvent,
+    valid_name,
+)
+from scaleflow.core.settings import Settings
+from scaleflow.workflows.pool import PoolWorkflow
+
+router = APIRouter(tags=["chemtrail"])
+ClientDep = Annotated[Client, Depends(get_client)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+RequestId = Annotated[str | None, Header(alias="X-Request-ID", max_length=200)]
+
+
+def get_events(request: Request) -> EventStore:
+    return request.app.state.events
+
+
+EventsDep = Annotated[EventStore, Depends(get_events)]
+
+
+async def submit(client: Client, name: str, kind: OperationKind, request_id: str | None) -> Any:
+    req = OperationRequest(kind=kind, request_id=request_id or str(uuid.uuid4()))
+    accepted: OperationAccepted = await call_pool(
+        client, name, PoolWorkflow.submit, req, missing=ErrorKind.NO_POLICY
+    )
+    return JSONResponse({"ID": accepted.id}, status_code=201)
+
+
+@router.post("/v1/scale/out/{client_class}", status_code=201)
+async def scale_out(client_class: str, client: ClientDep, request_id: RequestId = None) -> Any:
+    """Start a scale-out of the class; 201 with the operation's ID."""
+    return await submit(client, client_class, OperationKind.SCALE_OUT, request_id)
+
+
+@router.post("/v1/scale/in/{client_class}", status_code=201)
+async def scale_in(client_class: str, client: ClientDep, request_id: RequestId = None) -> Any:
+    """Start a drain-then-terminate of one node of the class; 201 with the ID."""
+    return await submit(client, client_class, OperationKind.SCALE_IN, request_id)
+
+
+@router.get("/v1/scale/status", response_model=dict[str, ScalingEvent])
+async def list_events(events: EventsDep, pool: str | None = None) -> Any:
+    """Recent scaling events (within the retention window), keyed by operation ID."""
+    if pool is not None and not valid_name(pool):
+        raise ScaleflowError(ErrorKind.INVALID, f"invalid pool name {pool!r}")
+    return await events.recent(pool)
+
+
+@router.get("/v1/scale/status/{op_id}", response_model=ScalingEvent)
+async def read_event(op_id: str, events: EventsDep) -> Any:
+    doc = await events.get(op_id)
+    if doc is None:
+        raise ScaleflowError(ErrorKind.NOT_FOUND, f"no scaling event with ID {op_id!r}")
+    return doc
+
+
+@router.delete("/v1/scale/status/{op_id}", status_code=202)
+async def cancel_operation(op_id: str, client: ClientDep) -> Any:
+    """Cancel a running operation; it compensates, then its status becomes cancelled."""
+    unknown = ScaleflowError(ErrorKind.NOT_FOUND, f"no scaling event with ID {op_id!r}")
+    if not is_operation_id(op_id):
+        raise unknown
+    handle = client.get_workflow_handle(op_id)
+    try:
+        desc = await handle.describe()
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            raise ScaleflowError(
+                ErrorKind.NOT_FOUND, f"no scaling event with ID {op_id!r}"
+            ) from exc
+        raise
+    if desc.workflow_type not in ("ScaleOutWorkflow", "ScaleInWorkflow"):
+        raise ScaleflowError(ErrorKind.NOT_FOUND, f"no scaling event with ID {op_id!r}")
+    if desc.status != WorkflowExecutionStatus.RUNNING:
+        raise ScaleflowError(ErrorKind.CONFLICT, f"operation {op_id} has already finished")
+    await handle.cancel()
+    return {"ID": op_id, "Status": "cancelling"}
+
+
+# ---- policies ---------------------------------------------------------------
+
+
+@router.get("/v1/policies")
+async def list_policies(client: ClientDep) -> dict[str, Policy]:
+    views = await pool_views(client)
+    return {v.name: Policy.from_config(v.config) for v in views if v.has_policy}
+
+
+@router.get("/v1/policy/{client_class}")
+async def read_policy(client_class: str, client: ClientDep) -> Policy:
+    view = await pool_view(client, client_class)
+    if view is None or not view.has_policy:
+        raise ScaleflowError(
+            ErrorKind.NOT_FOUND, f"no scaling policy found for class {client_class}"
+        )
+    return Policy.from_config(view.config)
+
+
+@router.put("/v1/policy/{client_class}")
+async def write_policy(
+    client_class: str,
+    policy: Annotated[Policy, Body()],
+    client: ClientDep,
+    settings: SettingsDep,
+) -> Policy:
+    if not valid_name(client_class):
+        raise ScaleflowError(
+            ErrorKind.INVALID, f"invalid class {client_class!r}: use 1-64 of [A-Za-z0-9@._-]"
+        )
+    if policy.Class not in (None, client_class):
+        raise ScaleflowError(
+            ErrorKind.INVALID, f"policy Class {policy.Class!r} does not match path {client_class!r}"
+        )
+    current = await pool_view(client, client_class)
+    config = policy.to_config(client_class, current.config if current else None)
+    view = await upsert_pool(
+        client,
+        settings,
+        PoolInit(config=config),
+        PoolWorkflow.set_policy,
+        PolicyChange(config=config),
+    )
+    return Policy.from_config(view.config)
+
+
+@router.delete("/v1/policy/{client_class}")
+async def delete_policy(client_class: str, client: ClientDep) -> dict[str, str]:
+    await call_pool(client, client_class, PoolWorkflow.remove_policy, missing=ErrorKind.NOT_FOUND)
+    return {"Class": client_class, "Status": "deleted"}
+
+
+# ---- system -----------------------------------------------------------------
+
+
+@router.get("/v1/system/health")
+async def health(client: ClientDep) -> Any:
+    try:
+        await client.service_client.check_health()
+    except RPCError as exc:
+        body = {"Status": "unhealthy", "Temporal": exc.message}
+        return JSONResponse(body, status_code=503)
+    return {"Status": "ok", "Temporal": "ok"}
+
+
+@router.get("/v1/system/metrics")
+async def metrics(request: Request, client: ClientDep, events: EventsDep) -> Any:
+    """go-metrics' in-memory sink shape, as the original served it."""
+    views = await pool_views(client)
+    recent = await events.recent()
+    by_status: dict[str, int] = {}
+    for doc in recent.values():
+        by_status[doc.status] = by_status.get(doc.status, 0) + 1
+    gauges = (
+        [
+            {"Name": "scaleflow.pool.nodes", "Value": len(v.nodes), "Labels": {"class": v.name}}
+            for v in views
+        ]
+        + [
+            {"Name": "scaleflow.pool.queued", "Value": len(v.queue), "Labels": {"class": v.name}}
+            for v in views
+        ]
+        + [
+            {"Name": "scaleflow.operations", "Value": n, "Labels": {"status": s}}
+            for s, n in sorted(by_status.items())
+        ]
+    )
+    counters = [
+        {"Name": "scaleflow.http.requests", "Count": request.app.state.requests, "Labels": {}}
+    ]
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S +0000 UTC", time.gmtime())
+    return {"Timestamp": stamp, "Gauges": gauges, "Points": [], "Counters": counters, "Samples": []}

@@ -1,0 +1,114 @@
+"""The Temporal client dependency and calls into pool entity workflows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Request
+from temporalio.client import (
+    Client,
+    WithStartWorkflowOperation,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+)
+from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
+
+from scaleflow.core.errors import ErrorKind, ScaleflowError
+from scaleflow.core.models import PoolInit, PoolView, pool_workflow_id, valid_name
+from scaleflow.core.settings import Settings
+from scaleflow.workflows.pool import PoolWorkflow
+
+
+def get_client(request: Request) -> Client:
+    return request.app.state.client
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def update_error(exc: WorkflowUpdateFailedError) -> ScaleflowError:
+    """A rejected update, as the error the API answers with."""
+    cause = exc.cause
+    if isinstance(cause, ApplicationError) and cause.type:
+        try:
+            kind = ErrorKind(cause.type)
+        except ValueError:
+            kind = ErrorKind.INVALID
+        return ScaleflowError(kind, cause.message)
+    return ScaleflowError(ErrorKind.INVALID, str(cause or exc))
+
+
+def pool_handle(client: Client, name: str) -> WorkflowHandle[Any, Any]:
+    if not valid_name(name):
+        raise ScaleflowError(ErrorKind.NOT_FOUND, f"no pool named {name!r}")
+    return client.get_workflow_handle(pool_workflow_id(name))
+
+
+async def call_pool(
+    client: Client, name: str, update: Any, arg: Any = None, *, missing: ErrorKind
+) -> Any:
+    """Run an update on an existing pool; a pool that does not exist is ``missing``."""
+    handle = pool_handle(client, name)
+    try:
+        if arg is None:
+            return await handle.execute_update(update)
+        return await handle.execute_update(update, arg)
+    except WorkflowUpdateFailedError as exc:
+        raise update_error(exc) from exc
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            raise ScaleflowError(missing, _missing_message(name, missing)) from exc
+        raise
+
+
+def _missing_message(name: str, kind: ErrorKind) -> str:
+    if kind == ErrorKind.NO_POLICY:
+        return f"no scaling policy found for class {name}"
+    return f"no pool named {name}"
+
+
+async def upsert_pool(
+    client: Client, settings: Settings, init: PoolInit, update: Any, arg: Any = None
+) -> Any:
+    """Update-with-start: creates the pool's entity workflow if it is not running."""
+    op = WithStartWorkflowOperation(
+        PoolWorkflow.run,
+        init,
+        id=pool_workflow_id(init.config.name),
+        task_queue=settings.task_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+    )
+    try:
+        if arg is None:
+            return await client.execute_update_with_start_workflow(
+                update, start_workflow_operation=op
+            )
+        return await client.execute_update_with_start_workflow(
+            update, arg, start_workflow_operation=op
+        )
+    except WorkflowUpdateFailedError as exc:
+        raise update_error(exc) from exc
+
+
+async def pool_view(client: Client, name: str) -> PoolView | None:
+    try:
+        return await pool_handle(client, name).query(PoolWorkflow.view)
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return None
+        raise
+    except ScaleflowError:
+        return None
+
+
+async def pool_views(client: Client) -> list[PoolView]:
+    views = []
+    query = "WorkflowType = 'PoolWorkflow' AND ExecutionStatus = 'Running'"
+    async for wf in client.list_workflows(query):
+        view = await pool_view(client, wf.id.removeprefix("pool/"))
+        if view is not None:
+            views.append(view)
+    return sorted(views, key=lambda v: v.name)

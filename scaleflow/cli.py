@@ -1,0 +1,82 @@
+"""The ``scaleflow`` command: the embedded stack, its parts, and operator verbs."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+
+import httpx
+import uvicorn
+
+from scaleflow.core.settings import Settings
+from scaleflow.logs import setup_logging
+
+
+def _api_url(settings: Settings) -> str:
+    return f"http://{settings.api_host}:{settings.api_port}"
+
+
+def _call(settings: Settings, method: str, path: str) -> int:
+    try:
+        resp = httpx.request(method, _api_url(settings) + path, timeout=30)
+    except httpx.HTTPError as exc:
+        print(f"scaleflow: cannot reach the API at {_api_url(settings)}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        print(json.dumps(resp.json(), indent=2))
+    except ValueError:
+        print(resp.text)
+    return 0 if resp.is_success else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="scaleflow", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("dev", help="run the dev server, a worker, the API and the default pool")
+    sub.add_parser("worker", help="run a worker against SCALEFLOW_TEMPORAL_ADDRESS")
+    sub.add_parser("api", help="serve the HTTP API")
+    sub.add_parser("pools", help="list pools (through the API)")
+    scale = sub.add_parser("scale", help="scale a pool out or in (through the API)")
+    scale.add_argument("direction", choices=["out", "in"])
+    scale.add_argument("pool")
+    status = sub.add_parser("status", help="show scaling events (through the API)")
+    status.add_argument("id", nargs="?")
+    cancel = sub.add_parser("cancel", help="cancel a running operation (through the API)")
+    cancel.add_argument("id")
+    args = parser.parse_args(argv)
+
+    settings = Settings()
+    setup_logging(settings.log_level)
+    if args.command == "dev":
+        from scaleflow.stack import run_dev
+
+        asyncio.run(run_dev(settings))
+        return 0
+    if args.command == "worker":
+        from scaleflow.worker import run
+
+        asyncio.run(run(settings))
+        return 0
+    if args.command == "api":
+        from scaleflow.api.app import create_app
+
+        uvicorn.run(
+            create_app(settings), host=settings.api_host, port=settings.api_port, log_config=None
+        )
+        return 0
+    if args.command == "pools":
+        return _call(settings, "GET", "/v1/pools")
+    if args.command == "scale":
+        return _call(settings, "POST", f"/v1/scale/{args.direction}/{args.pool}")
+    if args.command == "status":
+        return _call(settings, "GET", "/v1/scale/status" + (f"/{args.id}" if args.id else ""))
+    if args.command == "cancel":
+        return _call(settings, "DELETE", f"/v1/scale/status/{args.id}")
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

