@@ -51,6 +51,8 @@ async def call_pool(
     client: Client, name: str, update: Any, arg: Any = None, *, missing: ErrorKind
 ) -> Any:
     """Run an update on an existing pool; a pool that does not exist is ``missing``."""
+    if not valid_name(name):
+        raise ScaleflowError(missing, _missing_message(name, missing))
     handle = pool_handle(client, name)
     try:
         if arg is None:
