@@ -15,6 +15,8 @@ from scaleflow.core.settings import Settings
 from scaleflow.workflows import attributes
 from tests.servers import memcached, temporal_cli, temporal_test_server
 
+pytest_plugins = ["tests.aws_fixtures"]
+
 
 @pytest.fixture(scope="session")
 async def time_env() -> AsyncIterator[WorkflowEnvironment]:

@@ -1,4 +1,4 @@
-"""Fixtures for activity tests: a moto server standing in for AWS."""
+"""Fixtures for AWS: moto's threaded server standing in for AWS over real HTTP."""
 
 from __future__ import annotations
 
