@@ -32,7 +32,6 @@ class Settings(BaseSettings):
     aws_region: str = "us-east-1"
 
     drain_poll_interval_s: float = 0.5
-    node_ready_timeout_s: float = 600.0
     event_retention_hours: float = 48.0
 
     default_pool: bool = True
