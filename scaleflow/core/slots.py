@@ -1,0 +1,194 @@
+"""Slots: CRC16 key hashing as Redis Cluster does it, slot maps, and move plans.
+
+A map gives every one of the 16384 slots to exactly one node, as contiguous ranges.
+Plans move the fewest slots: a new node takes ranges trimmed from the ends of the
+others, and a leaving node's ranges are spread over the rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from pydantic import BaseModel, Field
+
+SLOTS = 16384
+
+
+def _crc16_table() -> list[int]:
+    table = []
+    for byte in range(256):
+        crc = byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
+        table.append(crc & 0xFFFF)
+    return table
+
+
+_TABLE = _crc16_table()
+
+
+def crc16(data: bytes) -> int:
+    """CRC16-CCITT (XModem), the variant Redis Cluster uses."""
+    crc = 0
+    for byte in data:
+        crc = ((crc << 8) & 0xFFFF) ^ _TABLE[((crc >> 8) ^ byte) & 0xFF]
+    return crc
+
+
+def hash_part(key: bytes) -> bytes:
+    """The part of the key that is hashed: a non-empty ``{tag}`` if there is one."""
+    start = key.find(b"{")
+    if start != -1:
+        end = key.find(b"}", start + 1)
+        if end > start + 1:
+            return key[start + 1 : end]
+    return key
+
+
+def slot_of(key: str | bytes) -> int:
+    raw = key.encode() if isinstance(key, str) else key
+    return crc16(hash_part(raw)) % SLOTS
+
+
+class SlotRange(BaseModel):
+    start: int = Field(ge=0, lt=SLOTS)
+    end: int = Field(ge=0, lt=SLOTS)
+    node: str
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start + 1
+
+    def label(self) -> str:
+        return f"{self.start}-{self.end}"
+
+
+class Move(BaseModel):
+    start: int
+    end: int
+    source: str
+    target: str
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start + 1
+
+    def label(self) -> str:
+        return f"{self.start}-{self.end}"
+
+
+class MovingRange(Move):
+    epoch: int
+
+
+class SlotMap(BaseModel):
+    epoch: int = 0
+    ranges: list[SlotRange] = Field(default_factory=list)
+    moving: list[MovingRange] = Field(default_factory=list)
+    # node id -> address, so a client can route with the map alone.
+    addresses: dict[str, str] = Field(default_factory=dict)
+
+    def owner(self, slot: int) -> str | None:
+        for r in self.ranges:
+            if r.start <= slot <= r.end:
+                return r.node
+        return None
+
+    def moving_for(self, slot: int) -> MovingRange | None:
+        for m in self.moving:
+            if m.start <= slot <= m.end:
+                return m
+        return None
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for r in self.ranges:
+            out[r.node] = out.get(r.node, 0) + r.size
+        return out
+
+    def owned(self, node: str) -> list[tuple[int, int]]:
+        return [(r.start, r.end) for r in self.ranges if r.node == node]
+
+    def table(self) -> list[str]:
+        """Owner of each slot, for lookups in O(1)."""
+        owners = [""] * SLOTS
+        for r in self.ranges:
+            owners[r.start : r.end + 1] = [r.node] * r.size
+        return owners
+
+
+def merge(ranges: Iterable[SlotRange]) -> list[SlotRange]:
+    out: list[SlotRange] = []
+    for r in sorted(ranges, key=lambda r: r.start):
+        if out and out[-1].node == r.node and out[-1].end + 1 == r.start:
+            out[-1] = out[-1].model_copy(update={"end": r.end})
+        else:
+            out.append(r)
+    return out
+
+
+def targets(nodes: Sequence[str], current: dict[str, int]) -> dict[str, int]:
+    """Even shares; the odd slots go to the nodes that already hold the most."""
+    if not nodes:
+        return {}
+    base, extra = divmod(SLOTS, len(nodes))
+    ranked = sorted(nodes, key=lambda n: (-current.get(n, 0), nodes.index(n)))
+    return {n: base + (1 if i < extra else 0) for i, n in enumerate(ranked)}
+
+
+def initial_map(nodes: Sequence[str], addresses: dict[str, str], epoch: int = 1) -> SlotMap:
+    """Each node one contiguous range; the first ``16384 % n`` nodes get one extra."""
+    ranges = []
+    start = 0
+    base, extra = divmod(SLOTS, len(nodes))
+    for i, node in enumerate(nodes):
+        size = base + (1 if i < extra else 0)
+        ranges.append(SlotRange(start=start, end=start + size - 1, node=node))
+        start += size
+    return SlotMap(epoch=epoch, ranges=ranges, addresses=dict(addresses))
+
+
+def plan(current: SlotMap, nodes: Sequence[str]) -> list[Move]:
+    """Moves that take ``current`` to even shares over ``nodes``, moving the fewest slots.
+
+    Nodes that are not in ``nodes`` give up everything; surplus is trimmed from the
+    end of each giver's holdings and handed to takers in node order.
+    """
+    have = current.counts()
+    want = targets(nodes, have)
+    surplus: list[SlotRange] = []
+    for node in sorted(have, key=lambda n: (n not in want, n)):
+        excess = have[node] - want.get(node, 0)
+        for r in sorted((r for r in current.ranges if r.node == node), key=lambda r: -r.start):
+            if excess <= 0:
+                break
+            take = min(excess, r.size)
+            surplus.append(SlotRange(start=r.end - take + 1, end=r.end, node=node))
+            excess -= take
+    surplus.sort(key=lambda r: r.start)
+    moves: list[Move] = []
+    takers = [(n, want[n] - have.get(n, 0)) for n in nodes if want[n] > have.get(n, 0)]
+    for target, need in takers:
+        while need > 0 and surplus:
+            r = surplus.pop(0)
+            take = min(need, r.size)
+            moves.append(Move(start=r.start, end=r.start + take - 1, source=r.node, target=target))
+            if take < r.size:
+                surplus.insert(0, r.model_copy(update={"start": r.start + take}))
+            need -= take
+    return moves
+
+
+def apply_move(current: SlotMap, move: Move) -> list[SlotRange]:
+    """The ranges after ``move``'s slots changed owner."""
+    out: list[SlotRange] = []
+    for r in current.ranges:
+        if r.end < move.start or r.start > move.end:
+            out.append(r)
+            continue
+        if r.start < move.start:
+            out.append(r.model_copy(update={"end": move.start - 1}))
+        if r.end > move.end:
+            out.append(r.model_copy(update={"start": move.end + 1}))
+    out.append(SlotRange(start=move.start, end=move.end, node=move.target))
+    return merge(out)
