@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import sys
+from pathlib import Path
 
 import httpx
 import uvicorn
@@ -45,6 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     status.add_argument("id", nargs="?")
     cancel = sub.add_parser("cancel", help="cancel a running operation (through the API)")
     cancel.add_argument("id")
+    connector = sub.add_parser("connector", help="run the reference genisys connector")
+    connector.add_argument("--provider", choices=["local", "aws-ec2"], default="local")
+    connector.add_argument("--host", default="127.0.0.1")
+    connector.add_argument("--port", type=int, default=7051)
+    connector.add_argument("--services", type=Path, help="services file (.toml or .json)")
+    connector.add_argument("--state-dir", type=Path, help="default: SCALEFLOW_STATE_DIR")
     args = parser.parse_args(argv)
 
     settings = Settings()
@@ -65,6 +72,23 @@ def main(argv: list[str] | None = None) -> int:
         uvicorn.run(
             create_app(settings), host=settings.api_host, port=settings.api_port, log_config=None
         )
+        return 0
+    if args.command == "connector":
+        from scaleflow.connector.app import build_connector_app
+
+        try:
+            app = build_connector_app(
+                args.provider,
+                args.services,
+                args.state_dir or settings.state_dir,
+                memcached_bin=settings.memcached_bin,
+                aws_endpoint_url=settings.aws_endpoint_url,
+                aws_region=settings.aws_region,
+            )
+        except (OSError, ValueError) as exc:
+            print(f"scaleflow connector: {exc}", file=sys.stderr)
+            return 2
+        uvicorn.run(app, host=args.host, port=args.port, log_config=None)
         return 0
     if args.command == "pools":
         return _call(settings, "GET", "/v1/pools")

@@ -11,21 +11,24 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from scaleflow.activities.engines import EngineActivities
+from scaleflow.activities.migration import MigrationActivities
 from scaleflow.activities.nodes import NodeActivities
 from scaleflow.core.settings import Settings
 from scaleflow.logs import setup_logging
 from scaleflow.temporal import connect
+from scaleflow.workflows.migration import SlotMigrationWorkflow
 from scaleflow.workflows.pool import PoolWorkflow
 from scaleflow.workflows.scale_in import ScaleInWorkflow
 from scaleflow.workflows.scale_out import ScaleOutWorkflow
 
-WORKFLOWS = [PoolWorkflow, ScaleOutWorkflow, ScaleInWorkflow]
+WORKFLOWS = [PoolWorkflow, ScaleOutWorkflow, ScaleInWorkflow, SlotMigrationWorkflow]
 log = logging.getLogger(__name__)
 
 
 def activities(settings: Settings) -> list[object]:
     nodes = NodeActivities(settings)
     engines = EngineActivities(settings)
+    migration = MigrationActivities()
     return [
         nodes.provision_node,
         nodes.terminate_node,
@@ -33,6 +36,8 @@ def activities(settings: Settings) -> list[object]:
         engines.node_ready,
         engines.node_load,
         engines.drain_node,
+        migration.migrate_range,
+        migration.purge_range,
     ]
 
 

@@ -9,6 +9,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from scaleflow.core.slots import SlotMap
+
 NAME_RE = re.compile(r"^[A-Za-z0-9@._-]{1,64}$")
 # The control plane's own events carry the original scaler's source name, so that
 # clients written against chemtrail keep working.
@@ -82,6 +84,12 @@ class PoolConfig(BaseModel):
     # Nomad node class of the pool's nodes; the pool's name when unset.
     node_class: str | None = None
     capacity_mb: int = Field(default=64, ge=1, le=1_048_576)
+    # memcached evicts by LRU, or (with -M) not at all and refuses writes when full.
+    eviction: Literal["lru", "none"] = "lru"
+    migration_limit: int = Field(default=2, ge=1, le=64)
+    # How often clients re-read the slot map; migrations wait twice this before
+    # copying and before purging, so that no client still uses an old map.
+    client_refresh_s: float = Field(default=0.5, ge=0, le=60)
 
     @field_validator("name")
     @classmethod
@@ -151,6 +159,7 @@ class PoolSnapshot(BaseModel):
     """What an operation is given when its turn comes."""
 
     nodes: list[Node]
+    slot_map: SlotMap = Field(default_factory=SlotMap)
 
 
 class OperationResult(BaseModel):
@@ -176,6 +185,7 @@ class PoolInit(BaseModel):
     nodes: list[Node] = Field(default_factory=list)
     requests: dict[str, str] = Field(default_factory=dict)
     sync_membership: bool = True
+    slot_map: SlotMap = Field(default_factory=SlotMap)
 
 
 class PoolView(BaseModel):

@@ -1,11 +1,16 @@
-"""What every operation shares: waiting for its turn and reporting to its pool."""
+"""What every operation shares: waiting for its turn, reporting to its pool, and
+keeping a slot-partitioned pool's map up to date as its members change."""
 
 from __future__ import annotations
 
 from temporalio import workflow
 
+from scaleflow.workflows.migration import MAP_SIGNAL, SlotMigrationWorkflow, publish
+
 with workflow.unsafe.imports_passed_through():
-    from scaleflow.core.models import Node, NodeChange, PoolSnapshot
+    from scaleflow.core.migration_io import MigrationInput, MigrationResult
+    from scaleflow.core.models import Node, NodeChange, OperationInput, PoolSnapshot
+    from scaleflow.core.slots import SlotMap, initial_map, plan
 
 
 class OperationBase:
@@ -14,19 +19,81 @@ class OperationBase:
 
     def __init__(self) -> None:
         self._snapshot: PoolSnapshot | None = None
+        self.map = SlotMap()
+        self._migrations = 0
 
     @workflow.signal
     def go(self, snapshot: PoolSnapshot) -> None:
         self._snapshot = snapshot
 
+    @workflow.signal(name=MAP_SIGNAL)
+    def slot_map_changed(self, slot_map: SlotMap) -> None:
+        if slot_map.epoch > self.map.epoch:
+            self.map = slot_map
+
     async def wait_turn(self) -> PoolSnapshot:
         await workflow.wait_condition(lambda: self._snapshot is not None)
         assert self._snapshot is not None
+        self.map = self._snapshot.slot_map
         return self._snapshot
 
-    async def report(self, op_id: str, node: Node) -> None:
+    def pool_id(self) -> str | None:
         parent = workflow.info().parent
-        if parent is None:
+        return parent.workflow_id if parent else None
+
+    async def report(self, op_id: str, node: Node) -> None:
+        pool = self.pool_id()
+        if pool is None:
             return  # run on its own (tests, tools): there is no pool to tell
-        handle = workflow.get_external_workflow_handle(parent.workflow_id)
+        handle = workflow.get_external_workflow_handle(pool)
         await handle.signal("node_changed", NodeChange(op_id=op_id, node=node))
+
+    async def set_map(self, slot_map: SlotMap) -> None:
+        self.map = slot_map
+        pool = self.pool_id()
+        await publish(slot_map, [pool] if pool else [])
+
+    async def rebalance(self, inp: OperationInput, members: list[Node], purge: bool) -> None:
+        """Spread the slots evenly over ``members``, moving the fewest."""
+        ids = [n.id for n in members]
+        addresses = {n.id: n.address or "" for n in members}
+        if not ids:
+            return
+        if not self.map.ranges:
+            await self.set_map(initial_map(ids, addresses, epoch=self.map.epoch + 1))
+            return
+        known = {**self.map.addresses, **addresses}
+        if known != self.map.addresses:
+            await self.set_map(
+                self.map.model_copy(update={"epoch": self.map.epoch + 1, "addresses": known})
+            )
+        moves = plan(self.map, ids)
+        if not moves:
+            return
+        self._migrations += 1
+        pool = self.pool_id()
+        notify = [pool] if pool else []
+        result: MigrationResult = await workflow.execute_child_workflow(
+            SlotMigrationWorkflow.run,
+            MigrationInput(
+                pool=inp.pool,
+                slot_map=self.map,
+                moves=moves,
+                limit=inp.config.migration_limit,
+                grace_s=2 * inp.config.client_refresh_s,
+                purge=purge,
+                notify=[*notify, workflow.info().workflow_id],
+            ),
+            id=f"{inp.op_id}-migration-{self._migrations}",
+        )
+        self.slot_map_changed(result.slot_map)
+
+    async def forget(self, node_ids: list[str]) -> None:
+        """Drop nodes that own no slots from the map, so clients let go of them."""
+        owners = {r.node for r in self.map.ranges}
+        gone = [n for n in node_ids if n in self.map.addresses and n not in owners]
+        if gone:
+            addresses = {k: v for k, v in self.map.addresses.items() if k not in gone}
+            await self.set_map(
+                self.map.model_copy(update={"epoch": self.map.epoch + 1, "addresses": addresses})
+            )

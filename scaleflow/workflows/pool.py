@@ -12,6 +12,7 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
 
 from scaleflow.workflows import attributes, options
+from scaleflow.workflows.migration import MAP_SIGNAL
 from scaleflow.workflows.operation import OperationBase
 from scaleflow.workflows.scale_in import ScaleInWorkflow
 from scaleflow.workflows.scale_out import ScaleOutWorkflow
@@ -34,6 +35,7 @@ with workflow.unsafe.imports_passed_through():
         PoolView,
         ProviderName,
     )
+    from scaleflow.core.slots import SlotMap
 
 REQUESTS_KEPT = 1000
 MIN_COUNT_REASON = "min_count"
@@ -66,6 +68,7 @@ class PoolWorkflow:
         self.sync_needed = init.sync_membership
         self.top_up_failures = 0
         self.top_up_after = workflow.now()
+        self.slot_map = init.slot_map
 
     @property
     def name(self) -> str:
@@ -104,6 +107,7 @@ class PoolWorkflow:
             nodes=list(self.nodes.values()),
             requests=kept,
             sync_membership=False,
+            slot_map=self.slot_map,
         )
 
     # ---- membership ---------------------------------------------------------
@@ -147,6 +151,16 @@ class PoolWorkflow:
             mine = by_ref.get(node.provider_ref)
             kept = mine if mine is not None else node
             self.nodes[kept.id] = kept
+
+    @workflow.signal(name=MAP_SIGNAL)
+    def slot_map_changed(self, slot_map: SlotMap) -> None:
+        # Epochs only rise: a late or repeated signal cannot roll the map back.
+        if slot_map.epoch > self.slot_map.epoch:
+            self.slot_map = slot_map
+
+    @workflow.query
+    def slots(self) -> SlotMap:
+        return self.slot_map
 
     @workflow.signal
     def node_changed(self, change: NodeChange) -> None:
@@ -212,7 +226,7 @@ class PoolWorkflow:
         ok = True
         try:
             try:
-                snapshot = PoolSnapshot(nodes=list(self.nodes.values()))
+                snapshot = PoolSnapshot(nodes=list(self.nodes.values()), slot_map=self.slot_map)
                 await handle.signal(OperationBase.go, snapshot)
             except Exception:
                 pass  # closed while queued (cancelled): waiting on it below just ends

@@ -22,6 +22,7 @@ with workflow.unsafe.imports_passed_through():
     from scaleflow.core.errors import ErrorKind
     from scaleflow.core.models import (
         ActivityReport,
+        Engine,
         Node,
         NodeState,
         OperationInput,
@@ -42,7 +43,12 @@ class ScaleInWorkflow(OperationBase):
         removed: list[str] = []
         for _ in range(inp.count):
             node = await self._pick(inp, snapshot.nodes, set(removed))
-            await self._remove(inp, node)
+            stay = [
+                n
+                for n in snapshot.nodes
+                if n.state == NodeState.READY and n.id not in {node.id, *removed}
+            ]
+            await self._remove(inp, node, stay)
             removed.append(node.id)
         return OperationResult(removed=removed)
 
@@ -67,11 +73,16 @@ class ScaleInWorkflow(OperationBase):
             )
         return node
 
-    async def _remove(self, inp: OperationInput, node: Node) -> None:
+    async def _remove(self, inp: OperationInput, node: Node, stay: list[Node]) -> None:
         draining = node.model_copy(update={"state": NodeState.DRAINING})
         # Clients stop being given the node before the drain waits on them.
         await self.report(inp.op_id, draining)
         try:
+            if inp.config.engine == Engine.MEMCACHED and self.map.ranges:
+                # Its slots (and keys) move away first; the node is dropped from the
+                # map, so clients close their connections and the drain can end.
+                await self.rebalance(inp, stay, purge=False)
+                await self.forget([node.id])
             await self._drain(inp, draining)
         except BaseException:
             await self.report(inp.op_id, node.model_copy(update={"state": NodeState.READY}))

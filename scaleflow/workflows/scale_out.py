@@ -17,6 +17,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from scaleflow.core.models import (
         ActivityReport,
+        Engine,
         Node,
         NodeState,
         OperationInput,
@@ -29,6 +30,7 @@ class ScaleOutWorkflow(OperationBase):
     @workflow.run
     async def run(self, inp: OperationInput) -> OperationResult:
         snapshot = await self.wait_turn()
+        members = [n for n in snapshot.nodes if n.state == NodeState.READY]
         known = [n.provider_ref for n in snapshot.nodes if n.provider_ref]
         # Every node id this run asked for, made or not: compensation covers them all.
         attempted: dict[str, Node | None] = {}
@@ -56,12 +58,21 @@ class ScaleOutWorkflow(OperationBase):
                 ready.append(up.node)
             for node in ready:
                 await self.report(inp.op_id, node)
+            if inp.config.engine == Engine.MEMCACHED:
+                await self.rebalance(inp, [*members, *ready], purge=True)
             return OperationResult(added=ready)
         except BaseException:
+            if inp.config.engine == Engine.MEMCACHED and self._owns_slots(attempted):
+                # Move the new nodes' slots (and keys) back before destroying them.
+                await self.rebalance(inp, members, purge=False)
             await self._compensate(inp, attempted)
             raise
 
+    def _owns_slots(self, attempted: dict[str, Node | None]) -> bool:
+        return any(r.node in attempted for r in self.map.ranges)
+
     async def _compensate(self, inp: OperationInput, attempted: dict[str, Node | None]) -> None:
+        await self.forget(list(attempted))
         for node_id, node in attempted.items():
             target = node or Node(
                 id=node_id, provider_ref="", state=NodeState.PROVISIONING, created_at=workflow.now()

@@ -16,7 +16,7 @@ from pymemcache.exceptions import MemcacheError
 from temporalio.exceptions import ApplicationError
 
 from scaleflow.activities import processes
-from scaleflow.activities.memcached import SOURCE, MemcachedEngine, client_connections
+from scaleflow.activities.memcached import SOURCE, MemcachedEngine
 from scaleflow.activities.providers.local import LocalNodeRecord, LocalProvider
 from scaleflow.core.activity_io import DrainInput, LoadInput, ProvisionInput, ReadyInput
 from scaleflow.core.errors import ErrorKind
@@ -73,8 +73,29 @@ def wait_until(check: Callable[[], bool], limit_s: float = 10.0) -> None:
         time.sleep(0.01)
 
 
-def settle(address: str, expected: int) -> None:
-    wait_until(lambda: client_connections(address) == expected)
+def settle(held: list[Client]) -> None:
+    """Wait until the node counts exactly the ``held`` connections (asking over one of them,
+    so that no probe connection of ours is still being closed when the engine looks)."""
+    wait_until(lambda: int(held[0].stats()[b"curr_connections"]) == len(held))
+
+
+def quiet(address: str) -> bool:
+    """True once the node has no connection but this probe, and the probe is closed.
+
+    The probe half-closes and waits for the server's own close, so the engine never sees it.
+    """
+    with socket.create_connection(split(address), timeout=2.0) as probe:
+        probe.sendall(b"stats\r\n")
+        reply = b""
+        while not reply.endswith(b"END\r\n"):
+            chunk = probe.recv(4096)
+            assert chunk, "memcached closed the probe"
+            reply += chunk
+        alone = b"STAT curr_connections 1\r\n" in reply
+        probe.shutdown(socket.SHUT_WR)
+        while probe.recv(4096):
+            pass
+    return alone
 
 
 def messages(result: Any) -> list[str]:
@@ -104,14 +125,18 @@ def nodes(provider: LocalProvider) -> list[Node]:
         wait_until(lambda a=node.address: accepts(a))
         out.append(node)
     for node in out:
-        settle(node.address or "", 0)
+        wait_until(lambda a=node.address or "": quiet(a))
     return out
 
 
-def accepts(address: str) -> bool:
+def split(address: str) -> tuple[str, int]:
     host, _, port = address.rpartition(":")
+    return host, int(port)
+
+
+def accepts(address: str) -> bool:
     try:
-        socket.create_connection((host, int(port)), timeout=1.0).close()
+        socket.create_connection(split(address), timeout=1.0).close()
     except OSError:
         return False
     return True
@@ -173,7 +198,8 @@ def test_load_counts_client_connections(
 ) -> None:
     busy = nodes[0]
     clients.extend(connect(busy.address or "") for _ in range(3))
-    settle(busy.address or "", 3)
+    settle(clients)
+    wait_until(lambda: quiet(nodes[1].address or ""))
 
     result = engine.load(LoadInput(nodes=nodes, config=config()))
 
@@ -251,7 +277,7 @@ def test_drain_slice_ends_with_a_connection_held(
 ) -> None:
     node = nodes[0]
     clients.append(connect(node.address or ""))
-    settle(node.address or "", 1)
+    settle(clients)
     beats = Beats()
 
     result = engine.drain(drain_input(node, slice_s=0.3), beats)
@@ -268,7 +294,7 @@ def test_drain_later_slice_does_not_announce_again(
 ) -> None:
     node = nodes[0]
     clients.append(connect(node.address or ""))
-    settle(node.address or "", 1)
+    settle(clients)
 
     result = engine.drain(drain_input(node, slice_s=0.1, first=False), Beats())
 
@@ -282,7 +308,7 @@ def test_drain_final_reading_reports_the_deadline(
 ) -> None:
     node = nodes[0]
     clients.append(connect(node.address or ""))
-    settle(node.address or "", 1)
+    settle(clients)
 
     result = engine.drain(drain_input(node, deadline_ns=0, slice_s=5.0, first=False), Beats())
 
@@ -298,7 +324,7 @@ def test_drain_past_deadline_reports_it(
 ) -> None:
     node = nodes[0]
     clients.append(connect(node.address or ""))
-    settle(node.address or "", 1)
+    settle(clients)
 
     result = engine.drain(drain_input(node, deadline_ns=time.time_ns() - 1, slice_s=5.0), Beats())
 
@@ -314,7 +340,7 @@ def test_drain_completes_when_the_last_client_leaves(
 ) -> None:
     node = nodes[0]
     held = connect(node.address or "")
-    settle(node.address or "", 1)
+    settle([held])
     timer = threading.Timer(0.3, held.close)
     timer.start()
     try:

@@ -22,6 +22,7 @@ from scaleflow.core.activity_io import (
     ReadyResult,
     TerminateInput,
 )
+from scaleflow.core.migration_io import MigrateInput, MigrateResult, PurgeInput
 from scaleflow.core.models import ActivityReport, EventNote, Node, NodeState
 
 
@@ -37,6 +38,8 @@ class FakeCloud:
     ready_delay_s: float = 0.0
     drain_forever: bool = False
     load: dict[str, float] = field(default_factory=dict)
+    migrated: list[MigrateInput] = field(default_factory=list)
+    purged: list[PurgeInput] = field(default_factory=list)
 
     def activities(self) -> list[object]:
         cloud = self
@@ -89,4 +92,24 @@ class FakeCloud:
                 completed=not cloud.drain_forever, remaining=int(cloud.drain_forever)
             )
 
-        return [provision_node, node_ready, terminate_node, list_pool_nodes, node_load, drain_node]
+        @activity.defn(name="migrate_range")
+        async def migrate_range(req: MigrateInput) -> MigrateResult:
+            cloud.migrated.append(req)
+            note = EventNote(message=f"migrated slots {req.move.label()}: 0 keys")
+            return MigrateResult(keys=0, bytes=0, events=[note])
+
+        @activity.defn(name="purge_range")
+        async def purge_range(req: PurgeInput) -> ActivityReport:
+            cloud.purged.append(req)
+            return ActivityReport()
+
+        return [
+            provision_node,
+            node_ready,
+            terminate_node,
+            list_pool_nodes,
+            node_load,
+            drain_node,
+            migrate_range,
+            purge_range,
+        ]

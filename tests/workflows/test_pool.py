@@ -46,7 +46,8 @@ async def cloud(time_env: WorkflowEnvironment) -> AsyncIterator[tuple[FakeCloud,
 
 async def start_pool(client: Client, queue: str, **cfg: object) -> WorkflowHandle:
     name = f"p{uuid.uuid4().hex[:8]}"
-    config = PoolConfig(name=name, **cfg)  # type: ignore[arg-type]
+    # No clients poll these pools' maps, so migrations need no grace period.
+    config = PoolConfig(name=name, **{"client_refresh_s": 0, **cfg})  # type: ignore[arg-type]
     op = WithStartWorkflowOperation(
         PoolWorkflow.run,
         PoolInit(config=config),
