@@ -10,18 +10,29 @@ from concurrent.futures import ThreadPoolExecutor
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from scaleflow.activities.connector import ConnectorActivities
 from scaleflow.activities.engines import EngineActivities
 from scaleflow.activities.migration import MigrationActivities
 from scaleflow.activities.nodes import NodeActivities
 from scaleflow.core.settings import Settings
 from scaleflow.logs import setup_logging
 from scaleflow.temporal import connect
+from scaleflow.workflows.computes import ComputeRegistryWorkflow
 from scaleflow.workflows.migration import SlotMigrationWorkflow
 from scaleflow.workflows.pool import PoolWorkflow
 from scaleflow.workflows.scale_in import ScaleInWorkflow
 from scaleflow.workflows.scale_out import ScaleOutWorkflow
+from scaleflow.workflows.services import ServiceScaleWorkflow, ServiceWorkflow
 
-WORKFLOWS = [PoolWorkflow, ScaleOutWorkflow, ScaleInWorkflow, SlotMigrationWorkflow]
+WORKFLOWS = [
+    PoolWorkflow,
+    ScaleOutWorkflow,
+    ScaleInWorkflow,
+    SlotMigrationWorkflow,
+    ComputeRegistryWorkflow,
+    ServiceWorkflow,
+    ServiceScaleWorkflow,
+]
 log = logging.getLogger(__name__)
 
 
@@ -38,6 +49,7 @@ def activities(settings: Settings) -> list[object]:
         engines.drain_node,
         migration.migrate_range,
         migration.purge_range,
+        *ConnectorActivities().all(),
     ]
 
 

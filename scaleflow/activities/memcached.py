@@ -109,7 +109,8 @@ class MemcachedEngine:
                 events.append(
                     note(f"draining node {node.id}: {open_conns} client connections open", SOURCE)
                 )
-                first = False
+                # The first slice ends here, so the drain shows in the events at once.
+                return DrainResult(completed=False, remaining=open_conns, events=events)
             if req.deadline_ns == 0 or time.time_ns() >= req.deadline_ns:
                 events.append(
                     note(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -9,9 +10,9 @@ from datetime import timedelta
 from fastapi import FastAPI, Request, Response
 from temporalio.client import Client
 
-from scaleflow.api import errors
+from scaleflow.api import computes_file, errors
 from scaleflow.api.events import EventStore
-from scaleflow.api.routes import chemtrail, pools
+from scaleflow.api.routes import chemtrail, genisys, pools
 from scaleflow.core.settings import Settings
 from scaleflow.temporal import connect
 
@@ -25,7 +26,11 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
         conn = client or await connect(settings, attempts=60)
         app.state.client = conn
         app.state.events = EventStore(conn, timedelta(hours=settings.event_retention_hours))
+        # In the background: the registry's update waits for a worker, which may start
+        # after the API; failures are logged, never fatal.
+        loading = asyncio.create_task(computes_file.load_quietly(conn, settings))
         yield
+        loading.cancel()
 
     app = FastAPI(title="scaleflow", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
@@ -39,4 +44,5 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
     errors.install(app)
     app.include_router(chemtrail.router)
     app.include_router(pools.router)
+    app.include_router(genisys.router)
     return app

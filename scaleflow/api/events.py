@@ -8,13 +8,14 @@ import uuid
 from collections import OrderedDict
 from datetime import UTC, datetime, timedelta
 
+from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from scaleflow.core.events import build_scaling_event
+from scaleflow.core.events import build_scaling_event, child_ids
 from scaleflow.core.models import ScalingEvent
 
-OPERATION_TYPES = ("ScaleOutWorkflow", "ScaleInWorkflow")
+OPERATION_TYPES = ("ScaleOutWorkflow", "ScaleInWorkflow", "ServiceScaleWorkflow")
 CLOSED = frozenset({"success", "failed", "cancelled"})
 
 
@@ -40,19 +41,28 @@ class EventStore:
         cached = self._closed.get(op_id)
         if cached is not None:
             return cached
-        async with self._reads:
-            try:
-                history = await self.client.get_workflow_handle(op_id).fetch_history()
-            except RPCError as exc:
-                if exc.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.INVALID_ARGUMENT):
-                    return None
-                raise
-        doc = build_scaling_event(history.events, self.client.data_converter.payload_converter)
+        history = await self._history(op_id)
+        if history is None:
+            return None
+        children = [await self._history(c) for c in child_ids(history)]
+        doc = build_scaling_event(
+            history, self.client.data_converter.payload_converter, [c for c in children if c]
+        )
         if not doc.events:
             return None
         if doc.status in CLOSED:
             self._remember(op_id, doc)
         return doc
+
+    async def _history(self, workflow_id: str) -> list[HistoryEvent] | None:
+        async with self._reads:
+            try:
+                history = await self.client.get_workflow_handle(workflow_id).fetch_history()
+            except RPCError as exc:
+                if exc.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.INVALID_ARGUMENT):
+                    return None
+                raise
+        return list(history.events)
 
     def _remember(self, op_id: str, doc: ScalingEvent) -> None:
         self._closed[op_id] = doc

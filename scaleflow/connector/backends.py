@@ -194,8 +194,9 @@ class LocalBackend:
             argv += ["-u", "root"]
         return argv, env, ports
 
-    def _spawn(self, rec: LocalRecord) -> str | None:
-        """Start ``rec``'s process; None once it runs (and listens), else why it did not."""
+    def _spawn(self, rec: LocalRecord) -> tuple[str, bool] | None:
+        """Start ``rec``'s process; None once it runs (and listens), else why not and
+        whether fresh ports are worth another try."""
         # `env` sets the service's variables and execs the command, so the pid and
         # its cmdline are the command's own (processes.spawn takes no environment).
         args = rec.argv
@@ -205,19 +206,23 @@ class LocalBackend:
         try:
             pid = processes.spawn(args, log)
         except OSError as exc:
-            return f"cannot run {rec.argv[0]!r}: {exc.strerror or exc}"
+            return f"cannot run {rec.argv[0]!r}: {exc.strerror or exc}", False
         rec.pid, rec.start_ticks = pid, _start_ticks(pid)
         self._save(rec)
-        for name, port in rec.ports.items():
-            if not processes.wait_listening(rec.host, port, pid, self.start_timeout_s):
-                if processes.is_running(pid):
-                    self._stop(pid)
-                    return f"did not listen on {rec.host}:{port} ({name}) in time"
-                return f"exited at start{_tail(log)}"
+        if rec.ports:
+            # The first port is the resource's address: it is up once that accepts.
+            name, port = next(iter(rec.ports.items()))
+            if processes.wait_listening(rec.host, port, pid, self.start_timeout_s):
+                return None
+            if processes.is_running(pid):
+                self._stop(pid)
+                return f"did not listen on {rec.host}:{port} ({name}) in time", False
+            # Maybe the port was taken between free_port and the bind.
+            return f"exited at start{_tail(log)}", True
         # Nothing to wait for: a process still there a moment after its exec counts.
-        if not rec.ports and not _settles(pid, self.settle_s):
+        if not _settles(pid, self.settle_s):
             processes.reap(pid)
-            return f"exited at start{_tail(log)}"
+            return f"exited at start{_tail(log)}", False
         return None
 
     @staticmethod
@@ -265,9 +270,8 @@ class LocalBackend:
             if failure is None:
                 return rec.resource()
             self._forget(rec)
-            reason = failure
-            # A taken port is worth another try on fresh ports; anything else is not.
-            if not rec.ports:
+            reason, retry = failure
+            if not retry:
                 break
         raise BackendError(f"could not start a resource of service {service.name}: {reason}")
 

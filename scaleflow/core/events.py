@@ -45,10 +45,46 @@ def _root_message(failure: Any) -> str:
     return failure.message
 
 
+def child_ids(history: Iterable[HistoryEvent]) -> list[str]:
+    """Workflows this operation started as children (slot migrations)."""
+    return [
+        ev.child_workflow_execution_started_event_attributes.workflow_execution.workflow_id
+        for ev in history
+        if ev.event_type == EventType.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_STARTED
+    ]
+
+
 def build_scaling_event(
-    history: Iterable[HistoryEvent], converter: PayloadConverter
+    history: Iterable[HistoryEvent],
+    converter: PayloadConverter,
+    children: Iterable[Iterable[HistoryEvent]] = (),
 ) -> ScalingEvent:
+    """The event document; the activities of ``children`` histories join in time order."""
+    own, memo, status, close_at = _items(history, converter)
+    body, closing = own[:close_at], own[close_at:]
+    for child in children:
+        lines, _, _, child_close = _items(child, converter)
+        body += lines[1:child_close]  # neither its start line nor its closing lines
+    body.sort(key=lambda i: i.timestamp)
+    items = body + closing
+    if status == "started" and len(items) > 1:
+        status = "in-progress"
+    return ScalingEvent(
+        events=items,
+        direction=str(memo.get("Direction") or ""),
+        last_update=items[-1].timestamp if items else 0,
+        status=status,
+        provider=str(memo.get("Provider") or ""),
+        provider_cfg={str(k): str(v) for k, v in (memo.get("ProviderCfg") or {}).items()},
+    )
+
+
+def _items(
+    history: Iterable[HistoryEvent], converter: PayloadConverter
+) -> tuple[list[ScalingEventItem], dict[str, Any], str, int]:
+    """The history's own lines, its memo, its status, and where its closing lines begin."""
     items: list[ScalingEventItem] = []
+    close_at = -1
     memo: dict[str, Any] = {}
     status = "started"
     activity_types: dict[int, str] = {}
@@ -84,6 +120,7 @@ def build_scaling_event(
             add(ts, f"{name} timed out: {_root_message(attrs.failure)}")
         elif et in _CLOSED_STATUS:
             status, message = _CLOSED_STATUS[et]
+            close_at = len(items)
             if et == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED:
                 failure = ev.workflow_execution_failed_event_attributes.failure
                 add(ts, _root_message(failure), _failure_source(converter, failure))
@@ -91,14 +128,4 @@ def build_scaling_event(
                 reason = ev.workflow_execution_terminated_event_attributes.reason
                 add(ts, f"operation terminated: {reason or 'no reason given'}")
             add(ts, message)
-
-    if status == "started" and len(items) > 1:
-        status = "in-progress"
-    return ScalingEvent(
-        events=items,
-        direction=str(memo.get("Direction") or ""),
-        last_update=items[-1].timestamp if items else 0,
-        status=status,
-        provider=str(memo.get("Provider") or ""),
-        provider_cfg={str(k): str(v) for k, v in (memo.get("ProviderCfg") or {}).items()},
-    )
+    return items, memo, status, close_at if close_at >= 0 else len(items)

@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     drain_poll_interval_s: float = 0.5
     event_retention_hours: float = 48.0
 
+    # genisys compute definitions loaded at API start-up (.toml or .json); optional.
+    computes_file: Path = Path("computes.toml")
+
     default_pool: bool = True
     default_pool_name: str = "default"
     log_level: str = "INFO"

@@ -118,7 +118,7 @@ async def test_drain_waits_for_client_connections(
             assert any(
                 e["Message"] == f"draining node {newest['id']}: 1 client connections open"
                 for e in doc["Events"]
-            )
+            ), doc["Events"]
             states = {n["id"]: n["state"] for n in (await st.pool(name))["nodes"]}
             assert states[newest["id"]] == "draining"
             assert doc["Status"] == "in-progress"

@@ -203,9 +203,7 @@ async def _tell_services(client: Client, compute: Compute) -> None:
     query = "WorkflowType = 'ServiceWorkflow' AND ExecutionStatus = 'Running'"
     try:
         async for wf in client.list_workflows(query):
-            await client.get_workflow_handle(wf.id).signal(
-                ServiceWorkflow.compute_changed, compute
-            )
+            await client.get_workflow_handle(wf.id).signal(ServiceWorkflow.compute_changed, compute)
     except RPCError as exc:
         log.warning("could not tell services that compute %s moved: %s", compute.name, exc)
 
@@ -266,7 +264,11 @@ async def _step(
     compute = await _named_compute(client, compute_name)
     _service_name(name)
     op_id = await service_update(
-        client, settings, name, ServiceWorkflow.step, StepRequest(direction=direction, compute=compute)
+        client,
+        settings,
+        name,
+        ServiceWorkflow.step,
+        StepRequest(direction=direction, compute=compute),
     )
     return JSONResponse({"ID": op_id}, status_code=201)
 
@@ -305,7 +307,11 @@ async def scale(
         if view is None or view.compute is None:
             raise _bad(f"No compute known for service {name}: give one with 'compute'.")
     return await service_update(
-        client, settings, name, ServiceWorkflow.set_desired, DesiredRequest(number=number, compute=compute)
+        client,
+        settings,
+        name,
+        ServiceWorkflow.set_desired,
+        DesiredRequest(number=number, compute=compute),
     )
 
 

@@ -1,0 +1,56 @@
+"""Helpers of the genisys tests."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+from temporalio.client import Client
+
+from scaleflow.core.genisys import REGISTRY_ID
+
+
+async def retire(client: Client, task_queue: str) -> None:
+    """Entities outlive a test and poll its task queue; end them. The registry has one
+    fixed id for the whole dev server, so each test starts with a fresh one."""
+    with contextlib.suppress(Exception):
+        await client.get_workflow_handle(REGISTRY_ID).terminate("test finished")
+    query = f"TaskQueue = '{task_queue}' AND ExecutionStatus = 'Running'"
+    with contextlib.suppress(Exception):
+        async for wf in client.list_workflows(query):
+            with contextlib.suppress(Exception):
+                await client.get_workflow_handle(wf.id).terminate("test finished")
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+async def define(http: httpx.AsyncClient, name: str, connector: str) -> None:
+    resp = await http.post("/compute", json={"name": name, "connector": connector})
+    assert resp.status_code == 201, resp.text
+
+
+async def upscale(http: httpx.AsyncClient, service: str, compute: str, way: str = "up") -> str:
+    resp = await http.post(f"/service/{service}/{way}scale", json={"compute": compute})
+    assert resp.status_code == 201, resp.text
+    return resp.json()["ID"]
+
+
+async def eventually(check: Callable[[], Any], what: str, timeout_s: float = 60) -> Any:
+    """Polls ``check`` (sync or async) until it returns something truthy."""
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if asyncio.iscoroutine(last):
+            last = await last
+        if last:
+            return last
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{what}: last saw {last!r}")
