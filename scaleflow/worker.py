@@ -20,6 +20,7 @@ from scaleflow.temporal import connect
 from scaleflow.workflows.computes import ComputeRegistryWorkflow
 from scaleflow.workflows.migration import SlotMigrationWorkflow
 from scaleflow.workflows.pool import PoolWorkflow
+from scaleflow.workflows.rollout import ConfigRolloutWorkflow
 from scaleflow.workflows.scale_in import ScaleInWorkflow
 from scaleflow.workflows.scale_out import ScaleOutWorkflow
 from scaleflow.workflows.services import ServiceScaleWorkflow, ServiceWorkflow
@@ -29,6 +30,7 @@ WORKFLOWS = [
     ScaleOutWorkflow,
     ScaleInWorkflow,
     SlotMigrationWorkflow,
+    ConfigRolloutWorkflow,
     ComputeRegistryWorkflow,
     ServiceWorkflow,
     ServiceScaleWorkflow,

@@ -86,7 +86,12 @@ def _route_missing(resp: httpx.Response) -> bool:
 
 
 class ConnectorClient:
-    """One call to a compute's connector, with the error policy above."""
+    """One call to a compute's connector, with the error policy above.
+
+    Errors are raised ``from None``: the message says what happened, and httpx's chain
+    of causes and stack traces would only bloat every failed attempt recorded by Temporal
+    (past its failure size limit, which hides the message behind "Failure exceeds size
+    limit")."""
 
     def __init__(self, call: ConnectorCall, transport: httpx.AsyncBaseTransport | None = None):
         self.call = call
@@ -108,7 +113,7 @@ class ConnectorClient:
                 f"connector of compute {self.source} is unreachable at "
                 f"{self.call.compute.connector}: {exc or type(exc).__name__}",
                 self.source,
-            ) from exc
+            ) from None
         except httpx.TransportError as exc:
             reason = str(exc) or type(exc).__name__
             if not resend:
@@ -117,11 +122,11 @@ class ConnectorClient:
                     f"({reason}); it may or may not have acted, and this v1 call is not "
                     "idempotent, so it is not repeated",
                     self.source,
-                ) from exc
+                ) from None
             raise retryable(
                 f"connector of compute {self.source} did not answer {method} {url}: {reason}",
                 self.source,
-            ) from exc
+            ) from None
 
     def answer(self, resp: httpx.Response) -> ConnectorAnswer:
         """The protocol's answer from a 2xx, or the error the status calls for."""
@@ -139,7 +144,7 @@ class ConnectorClient:
                 f"connector of compute {self.source} answered {label} with "
                 f"{resp.text[:200]!r}, not {{'service', 'running_resources'}}",
                 self.source,
-            ) from exc
+            ) from None
 
 
 class ConnectorActivities:

@@ -15,7 +15,12 @@ from temporalio.service import RPCError, RPCStatusCode
 from scaleflow.core.events import build_scaling_event, child_ids
 from scaleflow.core.models import ScalingEvent
 
-OPERATION_TYPES = ("ScaleOutWorkflow", "ScaleInWorkflow", "ServiceScaleWorkflow")
+OPERATION_TYPES = (
+    "ScaleOutWorkflow",
+    "ScaleInWorkflow",
+    "ConfigRolloutWorkflow",
+    "ServiceScaleWorkflow",
+)
 CLOSED = frozenset({"success", "failed", "cancelled"})
 
 

@@ -2,7 +2,8 @@
 
 Every call for a service runs under that service's lock in a worker thread, so two
 concurrent ``scale`` calls converge one after the other instead of both starting
-the missing resources. Errors are ``{"message": ...}``; nothing answers 500.
+the missing resources. Errors are ``{"message": ...}`` (except a missing route, see
+below); nothing answers 500.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from scaleflow.connector.backends import Backend, BackendError, Ec2Backend, LocalBackend
 from scaleflow.connector.models import (
@@ -207,9 +207,9 @@ def create_connector_app(
     async def _connector_error(_: Request, exc: ConnectorError) -> JSONResponse:
         return _error(exc.status, exc.message)
 
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error(exc.status_code, str(exc.detail))
+    # A missing route or method keeps FastAPI's `{"detail": ...}` on purpose: the control
+    # plane reads a 404/405 *without* a `message` as "no such route" and falls back to v1,
+    # and one *with* a `message` (an undefined service) as a refusal.
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

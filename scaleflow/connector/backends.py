@@ -21,7 +21,12 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel
 
 from scaleflow.activities import processes
-from scaleflow.connector.models import NAME_PATTERN, Resource, ServiceDefinition
+from scaleflow.connector.models import (
+    NAME_PATTERN,
+    PORT_NAME_PATTERN,
+    Resource,
+    ServiceDefinition,
+)
 
 SERVICE_TAG = "genisys:service"
 
@@ -75,7 +80,7 @@ class LocalRecord(BaseModel):
         )
 
 
-_PLACEHOLDER = re.compile(r"\{(host|service|id|port(?:_[A-Za-z_][A-Za-z0-9_]*)?)\}")
+_PLACEHOLDER = re.compile(r"\{(host|service|id|port(?:_" + PORT_NAME_PATTERN + r")?)\}")
 
 
 def _start_ticks(pid: int) -> int | None:
@@ -84,7 +89,10 @@ def _start_ticks(pid: int) -> int | None:
     except OSError:
         return None
     # Field 22 (starttime); fields after the parenthesised name start at field 3.
-    return int(stat.rsplit(")", 1)[-1].split()[19])
+    try:
+        return int(stat.rsplit(")", 1)[-1].split()[19])
+    except (IndexError, ValueError):
+        return None
 
 
 def _mentions_port(argv: list[str], environment: dict[str, str]) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import tomllib
 from datetime import datetime
@@ -18,6 +19,9 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 DEFAULT_COMMAND = ["memcached", "-l", "{host}", "-p", "{port}", "-U", "0"]
 
 DEFAULT_MAX_RESOURCES = 100
+
+# Port names appear in `{port_<name>}` placeholders.
+PORT_NAME_PATTERN = r"[A-Za-z_][A-Za-z0-9_]*"
 
 
 class ServiceDefinition(BaseModel):
@@ -48,7 +52,7 @@ class ServiceDefinition(BaseModel):
     @classmethod
     def _port_names(cls, value: list[str]) -> list[str]:
         for name in value:
-            if not name.isidentifier():
+            if not re.fullmatch(PORT_NAME_PATTERN, name):
                 raise ValueError(f"port name {name!r} must be a plain identifier")
         if len(set(value)) != len(value):
             raise ValueError("port names must be unique")

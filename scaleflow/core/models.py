@@ -126,12 +126,21 @@ class ActivityReport(BaseModel):
 class OperationKind(StrEnum):
     SCALE_OUT = "scale-out"
     SCALE_IN = "scale-in"
+    ROLLOUT = "config-rollout"
 
 
 DIRECTIONS: dict[OperationKind, str] = {
     OperationKind.SCALE_OUT: "out",
     OperationKind.SCALE_IN: "in",
+    OperationKind.ROLLOUT: "rollout",
 }
+
+
+class CacheSettings(BaseModel):
+    """What a config roll-out sets on every memcached node."""
+
+    capacity_mb: int = Field(gt=0, le=1_048_576)
+    eviction: Literal["lru", "none"] = "lru"
 
 
 class OperationRequest(BaseModel):
@@ -139,6 +148,7 @@ class OperationRequest(BaseModel):
     request_id: str = Field(min_length=1, max_length=200)
     count: int | None = Field(default=None, ge=1, le=100)
     reason: str = "api"
+    cache: CacheSettings | None = None
 
 
 class OperationAccepted(BaseModel):
@@ -153,6 +163,7 @@ class OperationInput(BaseModel):
     count: int
     config: PoolConfig
     reason: str = "api"
+    cache: CacheSettings | None = None
 
 
 class PoolSnapshot(BaseModel):

@@ -3,14 +3,21 @@ keeping a slot-partitioned pool's map up to date as its members change."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from temporalio import workflow
 
+from scaleflow.workflows import options
 from scaleflow.workflows.migration import MAP_SIGNAL, SlotMigrationWorkflow, publish
 
 with workflow.unsafe.imports_passed_through():
+    from scaleflow.core.activity_io import DrainInput, DrainResult, TerminateInput
     from scaleflow.core.migration_io import MigrationInput, MigrationResult
-    from scaleflow.core.models import Node, NodeChange, OperationInput, PoolSnapshot
-    from scaleflow.core.slots import SlotMap, initial_map, plan
+    from scaleflow.core.models import ActivityReport, Node, NodeChange, OperationInput, PoolSnapshot
+    from scaleflow.core.slots import Move, SlotMap, initial_map, plan
+
+DRAIN_SLICE_S = 30.0
+DRAIN_POLL = timedelta(seconds=2)
 
 
 class OperationBase:
@@ -67,7 +74,10 @@ class OperationBase:
             await self.set_map(
                 self.map.model_copy(update={"epoch": self.map.epoch + 1, "addresses": known})
             )
-        moves = plan(self.map, ids)
+        await self.migrate(inp, plan(self.map, ids), purge)
+
+    async def migrate(self, inp: OperationInput, moves: list[Move], purge: bool) -> None:
+        """Run ``moves`` as a child ``SlotMigrationWorkflow``; the map follows it."""
         if not moves:
             return
         self._migrations += 1
@@ -88,6 +98,13 @@ class OperationBase:
         )
         self.slot_map_changed(result.slot_map)
 
+    async def add_address(self, node: Node) -> None:
+        if self.map.ranges and self.map.addresses.get(node.id) != node.address:
+            addresses = {**self.map.addresses, node.id: node.address or ""}
+            await self.set_map(
+                self.map.model_copy(update={"epoch": self.map.epoch + 1, "addresses": addresses})
+            )
+
     async def forget(self, node_ids: list[str]) -> None:
         """Drop nodes that own no slots from the map, so clients let go of them."""
         owners = {r.node for r in self.map.ranges}
@@ -97,3 +114,37 @@ class OperationBase:
             await self.set_map(
                 self.map.model_copy(update={"epoch": self.map.epoch + 1, "addresses": addresses})
             )
+
+    async def drain(self, inp: OperationInput, node: Node) -> DrainResult:
+        """Drain in slices until done or until the deadline passes in workflow time.
+
+        Each slice is a short heartbeating activity; between slices the workflow
+        sleeps on a timer, so the deadline is durable and skippable in tests.
+        """
+        deadline = workflow.now() + timedelta(seconds=inp.config.drain_deadline_s)
+        req = DrainInput(node=node, config=inp.config, deadline_ns=int(deadline.timestamp() * 1e9))
+        while True:
+            left = (deadline - workflow.now()).total_seconds()
+            if left <= 0:
+                # One last reading reports what the deadline left behind.
+                req = req.model_copy(update={"deadline_ns": 0})
+            else:
+                req = req.model_copy(update={"slice_s": min(DRAIN_SLICE_S, left)})
+            result = await workflow.execute_activity(
+                "drain_node",
+                req,
+                result_type=DrainResult,
+                **options.long_running(DRAIN_SLICE_S),
+            )
+            if result.completed or req.deadline_ns == 0:
+                return result
+            req = req.model_copy(update={"first": False})
+            await workflow.sleep(min(DRAIN_POLL, timedelta(seconds=max(left, 0.001))))
+
+    async def terminate(self, inp: OperationInput, node: Node) -> None:
+        await workflow.execute_activity(
+            "terminate_node",
+            TerminateInput(pool=inp.pool, node=node, config=inp.config),
+            result_type=ActivityReport,
+            **options.terminate(),
+        )

@@ -14,6 +14,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflow
 from scaleflow.workflows import attributes, options
 from scaleflow.workflows.migration import MAP_SIGNAL
 from scaleflow.workflows.operation import OperationBase
+from scaleflow.workflows.rollout import APPLIED_SIGNAL, ConfigRolloutWorkflow
 from scaleflow.workflows.scale_in import ScaleInWorkflow
 from scaleflow.workflows.scale_out import ScaleOutWorkflow
 
@@ -22,6 +23,8 @@ with workflow.unsafe.imports_passed_through():
     from scaleflow.core.errors import ErrorKind
     from scaleflow.core.models import (
         DIRECTIONS,
+        CacheSettings,
+        Engine,
         Node,
         NodeChange,
         NodeState,
@@ -177,13 +180,20 @@ class PoolWorkflow:
 
     # ---- operations ---------------------------------------------------------
 
-    async def _enqueue(self, kind: OperationKind, count: int, reason: str) -> str:
+    async def _enqueue(
+        self, kind: OperationKind, count: int, reason: str, cache: CacheSettings | None = None
+    ) -> str:
         op_id = str(workflow.uuid4())
-        entry = Queued(op_id, kind, reason, count if kind == OperationKind.SCALE_OUT else -count)
+        delta = {OperationKind.SCALE_OUT: count, OperationKind.SCALE_IN: -count}.get(kind, 0)
+        entry = Queued(op_id, kind, reason, delta)
         # Queued before the await, so the order is the order of acceptance.
         self.queue.append(entry)
         direction = DIRECTIONS[kind]
-        run = ScaleOutWorkflow.run if kind == OperationKind.SCALE_OUT else ScaleInWorkflow.run
+        run = {
+            OperationKind.SCALE_OUT: ScaleOutWorkflow.run,
+            OperationKind.SCALE_IN: ScaleInWorkflow.run,
+            OperationKind.ROLLOUT: ConfigRolloutWorkflow.run,
+        }[kind]
         try:
             handle = await workflow.start_child_workflow(
                 run,
@@ -194,6 +204,7 @@ class PoolWorkflow:
                     count=count,
                     config=self.config,
                     reason=reason,
+                    cache=cache,
                 ),
                 id=op_id,
                 memo={
@@ -259,7 +270,7 @@ class PoolWorkflow:
         # Recorded before the first await: a concurrent repeat finds it.
         self.requests[req.request_id] = ""
         try:
-            op_id = await self._enqueue(req.kind, count, req.reason)
+            op_id = await self._enqueue(req.kind, count, req.reason, req.cache)
         except BaseException:
             self.requests.pop(req.request_id, None)
             raise
@@ -290,6 +301,9 @@ class PoolWorkflow:
                 f"provider aws-autoscaling of class {self.name} is not configured: "
                 "ProviderConfig needs asg-name",
             )
+        if req.kind == OperationKind.ROLLOUT:
+            self._check_rollout(req)
+            return
         count = self._count(req)
         projected = self._projected()
         if req.kind == OperationKind.SCALE_OUT and projected + count > cfg.max_count:
@@ -307,6 +321,23 @@ class PoolWorkflow:
                     f"scaling in class {self.name} by {count} would go below MinCount "
                     f"{cfg.min_count} (count after queued operations: {projected})",
                 )
+
+    def _check_rollout(self, req: OperationRequest) -> None:
+        if req.cache is None:
+            raise reject(ErrorKind.INVALID, "a config roll-out needs cache settings")
+        if self.config.engine != Engine.MEMCACHED or self.config.provider != ProviderName.LOCAL:
+            raise reject(
+                ErrorKind.CONFLICT,
+                f"pool {self.name} runs engine {self.config.engine.value} on provider "
+                f"{self.config.provider.value}: cache settings are rolled out to local "
+                "memcached pools only",
+            )
+
+    @workflow.signal(name=APPLIED_SIGNAL)
+    def cache_settings_applied(self, cache: CacheSettings) -> None:
+        self.config = self.config.model_copy(
+            update={"capacity_mb": cache.capacity_mb, "eviction": cache.eviction}
+        )
 
     # ---- configuration ------------------------------------------------------
 

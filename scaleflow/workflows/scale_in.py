@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.exceptions import ApplicationError
@@ -13,15 +12,11 @@ from scaleflow.workflows.operation import OperationBase
 
 with workflow.unsafe.imports_passed_through():
     from scaleflow.core.activity_io import (
-        DrainInput,
-        DrainResult,
         LoadInput,
         LoadResult,
-        TerminateInput,
     )
     from scaleflow.core.errors import ErrorKind
     from scaleflow.core.models import (
-        ActivityReport,
         Engine,
         Node,
         NodeState,
@@ -30,9 +25,6 @@ with workflow.unsafe.imports_passed_through():
         Selector,
     )
     from scaleflow.core.selection import candidates, select_node
-
-DRAIN_SLICE_S = 30.0
-DRAIN_POLL = timedelta(seconds=2)
 
 
 @workflow.defn
@@ -83,51 +75,17 @@ class ScaleInWorkflow(OperationBase):
                 # map, so clients close their connections and the drain can end.
                 await self.rebalance(inp, stay, purge=False)
                 await self.forget([node.id])
-            await self._drain(inp, draining)
+            await self.drain(inp, draining)
         except BaseException:
             await self.report(inp.op_id, node.model_copy(update={"state": NodeState.READY}))
             raise
         gone = node.model_copy(update={"state": NodeState.TERMINATED})
         try:
-            await self._terminate(inp, draining)
+            await self.terminate(inp, draining)
         except asyncio.CancelledError:
             # Once termination has begun it is finished: a half-removed node helps nobody.
-            await self._terminate(inp, draining)
+            await self.terminate(inp, draining)
             await self.report(inp.op_id, gone)
             raise
         # A node whose termination failed for good stays "draining", for an operator to see.
         await self.report(inp.op_id, gone)
-
-    async def _drain(self, inp: OperationInput, node: Node) -> DrainResult:
-        """Drain in slices until done or until the deadline passes in workflow time.
-
-        Each slice is a short heartbeating activity; between slices the workflow
-        sleeps on a timer, so the deadline is durable and skippable in tests.
-        """
-        deadline = workflow.now() + timedelta(seconds=inp.config.drain_deadline_s)
-        req = DrainInput(node=node, config=inp.config, deadline_ns=int(deadline.timestamp() * 1e9))
-        while True:
-            left = (deadline - workflow.now()).total_seconds()
-            if left <= 0:
-                # One last reading reports what the deadline left behind.
-                req = req.model_copy(update={"deadline_ns": 0})
-            else:
-                req = req.model_copy(update={"slice_s": min(DRAIN_SLICE_S, left)})
-            result = await workflow.execute_activity(
-                "drain_node",
-                req,
-                result_type=DrainResult,
-                **options.long_running(DRAIN_SLICE_S),
-            )
-            if result.completed or req.deadline_ns == 0:
-                return result
-            req = req.model_copy(update={"first": False})
-            await workflow.sleep(min(DRAIN_POLL, timedelta(seconds=max(left, 0.001))))
-
-    async def _terminate(self, inp: OperationInput, node: Node) -> None:
-        await workflow.execute_activity(
-            "terminate_node",
-            TerminateInput(pool=inp.pool, node=node, config=inp.config),
-            result_type=ActivityReport,
-            **options.terminate(),
-        )

@@ -13,10 +13,8 @@ with workflow.unsafe.imports_passed_through():
         ProvisionResult,
         ReadyInput,
         ReadyResult,
-        TerminateInput,
     )
     from scaleflow.core.models import (
-        ActivityReport,
         Engine,
         Node,
         NodeState,
@@ -77,9 +75,5 @@ class ScaleOutWorkflow(OperationBase):
             target = node or Node(
                 id=node_id, provider_ref="", state=NodeState.PROVISIONING, created_at=workflow.now()
             )
-            await workflow.execute_activity(
-                "terminate_node",
-                TerminateInput(pool=inp.pool, node=target, config=inp.config),
-                result_type=ActivityReport,
-                **options.terminate(),
-            )
+            await self.terminate(inp, target)
+            await self.report(inp.op_id, target.model_copy(update={"state": NodeState.TERMINATED}))

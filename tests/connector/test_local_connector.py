@@ -240,10 +240,10 @@ def test_unknown_service_with_a_services_file_is_404(launch: Callable[..., Conne
 
 def test_names_that_cannot_be_services_are_404(launch: Callable[..., Connector]) -> None:
     conn = launch()
-    for name in ("..", ".hidden", "a%20b", "x" * 80):
+    for name in (".hidden", "a%20b", "x" * 80):
         resp = conn.http.get(f"/service/{name}/status")
         assert resp.status_code == 404, name
-        assert "message" in resp.json()
+        assert resp.json() == {"message": f"Undefined service: {name.replace('%20', ' ')}."}
 
 
 @pytest.mark.parametrize(
@@ -279,17 +279,22 @@ def test_bad_scale_bodies_are_400(
     assert conn.status("cache").json()["running_resources"] == 0
 
 
-def test_unknown_routes_and_methods_answer_json(launch: Callable[..., Connector]) -> None:
-    # The control plane falls back to v1 on these, so they must be the usual codes.
-    conn = launch()
+def test_missing_routes_answer_without_a_message(launch: Callable[..., Connector]) -> None:
+    # The control plane reads a 404/405 without a `message` as "no such route" (and falls
+    # back to v1); with one, as a refusal. So only an undefined service carries one.
+    conn = launch([ServiceDefinition(name="cache")], fallback=None)
     resp = conn.http.get("/nope")
     assert resp.status_code == 404
-    assert resp.json() == {"message": "Not Found"}
+    assert resp.json() == {"detail": "Not Found"}
     resp = conn.http.post("/service/cache/status")
     assert resp.status_code == 405
-    assert resp.json() == {"message": "Method Not Allowed"}
+    assert resp.json() == {"detail": "Method Not Allowed"}
     resp = conn.http.get("/service/cache/scale")
     assert resp.status_code == 405
+    assert "message" not in resp.json()
+    resp = conn.http.get("/service/other/status")
+    assert resp.status_code == 404
+    assert resp.json() == {"message": "Undefined service: other."}
 
 
 def test_a_resource_that_fails_to_start_is_502(launch: Callable[..., Connector]) -> None:
@@ -359,6 +364,8 @@ def test_a_resource_killed_behind_its_back_is_not_counted(
     conn.scale("cache", 2)
     first, second = conn.resources("cache")
     os.kill(second["pid"], signal.SIGKILL)
+    # SIGKILL is delivered asynchronously: wait until the kernel has it dead.
+    assert eventually(lambda: not processes.is_running(second["pid"]))
 
     assert conn.status("cache").json() == {"service": "cache", "running_resources": 1}
     assert [r["id"] for r in conn.resources("cache")] == [first["id"]]

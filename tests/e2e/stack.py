@@ -19,6 +19,7 @@ import httpx
 import uvicorn
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
 
 from scaleflow.activities import processes
 from scaleflow.activities.providers.local import LocalProvider
@@ -144,13 +145,17 @@ class Stack:
         handle = self.client.get_workflow_handle(op_id)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            async for ev in handle.fetch_history_events():
-                if (
-                    ev.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
-                    and ev.activity_task_scheduled_event_attributes.activity_type.name
-                    == activity_type
-                ):
-                    return
+            try:
+                async for ev in handle.fetch_history_events():
+                    if (
+                        ev.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+                        and ev.activity_task_scheduled_event_attributes.activity_type.name
+                        == activity_type
+                    ):
+                        return
+            except RPCError as exc:
+                if exc.status != RPCStatusCode.NOT_FOUND:
+                    raise  # a child that has not started yet is looked for again
             await asyncio.sleep(0.05)
         raise AssertionError(f"{activity_type} was never scheduled for {op_id}")
 

@@ -138,6 +138,8 @@ class LocalProvider:
                 host=self.host,
                 port=processes.free_port(self.host),
                 capacity_mb=req.config.capacity_mb,
+                # -M: return errors when memory is full instead of evicting.
+                extra_args=["-M"] if req.config.eviction == "none" else [],
                 created_at=datetime.now(UTC),
             )
             self._save(rec)

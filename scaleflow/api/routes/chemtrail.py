@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
-from scaleflow.api.events import EventStore, is_operation_id
+from scaleflow.api.events import OPERATION_TYPES, EventStore, is_operation_id
 from scaleflow.api.schemas.chemtrail import Policy
 from scaleflow.api.temporal import (
     call_pool,
@@ -98,7 +98,7 @@ async def cancel_operation(op_id: str, client: ClientDep) -> Any:
                 ErrorKind.NOT_FOUND, f"no scaling event with ID {op_id!r}"
             ) from exc
         raise
-    if desc.workflow_type not in ("ScaleOutWorkflow", "ScaleInWorkflow"):
+    if desc.workflow_type not in OPERATION_TYPES:
         raise ScaleflowError(ErrorKind.NOT_FOUND, f"no scaling event with ID {op_id!r}")
     if desc.status != WorkflowExecutionStatus.RUNNING:
         raise ScaleflowError(ErrorKind.CONFLICT, f"operation {op_id} has already finished")

@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Header, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field, field_validator
 from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
 
-from scaleflow.api.temporal import get_client, pool_view, pool_views
+from scaleflow.api.temporal import call_pool, get_client, pool_handle, pool_view, pool_views
 from scaleflow.core.errors import ErrorKind, ScaleflowError
-from scaleflow.core.models import PoolView
+from scaleflow.core.models import (
+    CacheSettings,
+    OperationAccepted,
+    OperationKind,
+    OperationRequest,
+    PoolView,
+)
+from scaleflow.core.slots import SlotMap
+from scaleflow.workflows.pool import PoolWorkflow
 
 router = APIRouter(tags=["pools"])
 ClientDep = Annotated[Client, Depends(get_client)]
@@ -26,3 +38,62 @@ async def read_pool(name: str, client: ClientDep) -> PoolView:
     if view is None:
         raise ScaleflowError(ErrorKind.NOT_FOUND, f"no pool named {name!r}")
     return view
+
+
+@router.get("/v1/pools/{name}/slots", response_model=SlotMap)
+async def read_slots(
+    name: str,
+    client: ClientDep,
+    response: Response,
+    if_none_match: Annotated[str | None, Header(max_length=100)] = None,
+) -> SlotMap | Response:
+    """The pool's slot map. Its ETag is the epoch: a client polling with
+    ``If-None-Match`` gets 304 until the map changes."""
+    try:
+        slot_map: SlotMap = await pool_handle(client, name).query(PoolWorkflow.slots)
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            raise ScaleflowError(ErrorKind.NOT_FOUND, f"no pool named {name!r}") from exc
+        raise
+    etag = f'"{slot_map.epoch}"'
+    if if_none_match == etag:
+        return Response(status_code=304, headers={"ETag": etag})
+    response.headers["ETag"] = etag
+    return slot_map
+
+
+EVICTION_HELP = (
+    "memcached evicts only by (segmented) LRU, or not at all with -M: use 'lru' or 'none'"
+)
+
+
+class CacheConfigBody(BaseModel):
+    capacity_mb: int = Field(gt=0, le=1_048_576)
+    eviction: str = "lru"
+
+    @field_validator("eviction")
+    @classmethod
+    def _eviction(cls, v: str) -> str:
+        v = v.lower()
+        if v not in ("lru", "none"):
+            raise ValueError(f"eviction {v!r} is not supported: {EVICTION_HELP}")
+        return v
+
+
+@router.put("/v1/pools/{name}/cache-config", status_code=201)
+async def roll_out_cache_config(
+    name: str,
+    body: CacheConfigBody,
+    client: ClientDep,
+    request_id: Annotated[str | None, Header(alias="X-Request-ID", max_length=200)] = None,
+) -> JSONResponse:
+    """Roll new cache settings out to every node, one node at a time, no key lost."""
+    req = OperationRequest(
+        kind=OperationKind.ROLLOUT,
+        request_id=request_id or str(uuid.uuid4()),
+        cache=CacheSettings(capacity_mb=body.capacity_mb, eviction=body.eviction),  # type: ignore[arg-type]
+    )
+    accepted: OperationAccepted = await call_pool(
+        client, name, PoolWorkflow.submit, req, missing=ErrorKind.NOT_FOUND
+    )
+    return JSONResponse({"ID": accepted.id}, status_code=201)
