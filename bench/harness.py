@@ -61,6 +61,14 @@ async def bench_stack(**over: Any) -> AsyncIterator[Stack]:
                     (local.dir / f"{rec.node_id}.json").unlink(missing_ok=True)
 
 
+def load() -> str:
+    """The 1-, 5- and 15-minute load averages: other work on the machine skews figures."""
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
+
+
 # ---- statistics ---------------------------------------------------------------
 
 
