@@ -139,7 +139,7 @@ class ConnectorClient:
             raise fatal(text, self.source)
         try:
             return ConnectorAnswer.model_validate_json(resp.content)
-        except ValidationError as exc:
+        except ValidationError:
             raise fatal(
                 f"connector of compute {self.source} answered {label} with "
                 f"{resp.text[:200]!r}, not {{'service', 'running_resources'}}",

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pymemcache.client.base import Client
+from pymemcache.exceptions import MemcacheError, MemcacheUnexpectedCloseError
 
 from scaleflow.activities.notes import note, retryable
 from scaleflow.core.activity_io import (
@@ -68,7 +69,7 @@ class MemcachedEngine:
                         note(f"node {node.id} at {addr} answers (memcached {version})", SOURCE)
                     ],
                 )
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, MemcacheError) as exc:
                 last_error = str(exc) or type(exc).__name__
             heartbeat("waiting", addr)
             time.sleep(0.02)
@@ -81,8 +82,9 @@ class MemcachedEngine:
                 continue
             try:
                 load[node.id] = float(client_connections(node.address))
-            except (OSError, ValueError, KeyError):
-                continue  # a node that does not answer is not a candidate by load
+            except (OSError, ValueError, KeyError, MemcacheError):
+                # Not answering, or full of clients: either way not the least busy.
+                continue
         summary = ", ".join(f"{k}={int(v)}" for k, v in sorted(load.items()))
         return LoadResult(
             load=load, events=[note(f"client connections per node: {summary or 'none'}", SOURCE)]
@@ -97,25 +99,26 @@ class MemcachedEngine:
         while True:
             try:
                 open_conns = client_connections(addr)
-            except (OSError, ValueError, KeyError):
+            except (OSError, ValueError, KeyError, MemcacheUnexpectedCloseError):
                 events.append(
                     note(f"node {node.id} at {addr} does not answer; nothing to drain", SOURCE)
                 )
                 return DrainResult(completed=True, events=events)
+            except MemcacheError:
+                # It refuses even a stats connection: still full of clients.
+                open_conns = -1
             if open_conns == 0:
                 events.append(note(f"all client connections on node {node.id} have closed", SOURCE))
                 return DrainResult(completed=True, events=events)
             if first:
-                events.append(
-                    note(f"draining node {node.id}: {open_conns} client connections open", SOURCE)
-                )
+                events.append(note(f"draining node {node.id}: {_count(open_conns)} open", SOURCE))
                 # The first slice ends here, so the drain shows in the events at once.
                 return DrainResult(completed=False, remaining=open_conns, events=events)
             if req.deadline_ns == 0 or time.time_ns() >= req.deadline_ns:
                 events.append(
                     note(
                         f"drain deadline reached for node {node.id} with "
-                        f"{open_conns} client connections still open",
+                        f"{_count(open_conns)} still open",
                         SOURCE,
                     )
                 )
@@ -124,3 +127,9 @@ class MemcachedEngine:
                 return DrainResult(completed=False, remaining=open_conns, events=events)
             heartbeat({"open": open_conns})
             time.sleep(self.poll_s)
+
+
+def _count(open_conns: int) -> str:
+    if open_conns < 0:
+        return "more client connections than it accepts"
+    return f"{open_conns} client connections"

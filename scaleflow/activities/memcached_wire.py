@@ -3,6 +3,7 @@ with each item's own flags and expiry."""
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 from collections.abc import Iterable
@@ -49,12 +50,13 @@ def metadump(address: str, timeout_s: float = 30.0) -> list[tuple[bytes, int]]:
     raise OSError(f"the LRU crawler of {address} stayed busy")
 
 
+_DUMP_LINE = re.compile(rb"^key=(\S+) exp=(-?\d+)", re.MULTILINE)
+
+
 def _parse_metadump(raw: bytes) -> Iterable[tuple[bytes, int]]:
-    for line in raw.split(b"\n"):
-        if not line.startswith(b"key="):
-            continue
-        fields = dict(f.split(b"=", 1) for f in line.strip().split(b" ") if b"=" in f)
-        yield unquote_to_bytes(fields[b"key"]), int(fields.get(b"exp", b"-1"))
+    # Keys are URL-encoded in the dump; most have nothing to decode.
+    for key, exp in _DUMP_LINE.findall(raw):
+        yield (unquote_to_bytes(key) if b"%" in key else key), int(exp)
 
 
 class Adder:

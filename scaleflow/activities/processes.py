@@ -98,11 +98,33 @@ def stop(pid: int, grace_s: float = 3.0) -> None:
     reap(pid)
 
 
+def listens_on(pid: int, port: int) -> bool:
+    """Whether ``pid`` itself holds a listening TCP socket on ``port``.
+
+    A plain connect could reach another program that took the port meanwhile.
+    """
+    try:
+        inodes = {os.readlink(f"/proc/{pid}/fd/{fd}")[8:-1] for fd in os.listdir(f"/proc/{pid}/fd")}
+    except OSError:
+        return False
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port and inode in inodes:
+                return True
+    return False
+
+
 def wait_listening(host: str, port: int, pid: int, timeout_s: float) -> bool:
-    """True once ``host:port`` accepts connections; False if ``pid`` died or time ran out."""
+    """True once ``pid`` listens on ``port``; False if it died or time ran out."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.2):
+        if listens_on(pid, port):
             return True
         if not is_running(pid):
             reap(pid)

@@ -10,7 +10,10 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+from temporalio.api.common.v1 import WorkflowExecution
+from temporalio.api.workflowservice.v1 import DeleteWorkflowExecutionRequest
 from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
 
 from scaleflow.core.genisys import REGISTRY_ID
 
@@ -18,13 +21,31 @@ from scaleflow.core.genisys import REGISTRY_ID
 async def retire(client: Client, task_queue: str) -> None:
     """Entities outlive a test and poll its task queue; end them. The registry has one
     fixed id for the whole dev server, so each test starts with a fresh one."""
-    with contextlib.suppress(Exception):
-        await client.get_workflow_handle(REGISTRY_ID).terminate("test finished")
+    await forget_registry(client)
     query = f"TaskQueue = '{task_queue}' AND ExecutionStatus = 'Running'"
     with contextlib.suppress(Exception):
         async for wf in client.list_workflows(query):
             with contextlib.suppress(Exception):
                 await client.get_workflow_handle(wf.id).terminate("test finished")
+
+
+async def forget_registry(client: Client) -> None:
+    """Deletes the registry entity outright: a merely terminated one would be read back
+    (seeded) by the next write, through a query no worker of its task queue answers."""
+    request = DeleteWorkflowExecutionRequest(
+        namespace=client.namespace, workflow_execution=WorkflowExecution(workflow_id=REGISTRY_ID)
+    )
+    with contextlib.suppress(RPCError):
+        await client.workflow_service.delete_workflow_execution(request)
+
+    async def gone() -> bool:
+        try:
+            await client.get_workflow_handle(REGISTRY_ID).describe()
+        except RPCError as exc:
+            return exc.status == RPCStatusCode.NOT_FOUND
+        return False
+
+    await eventually(gone, "the compute registry was not deleted")
 
 
 def unique(prefix: str) -> str:

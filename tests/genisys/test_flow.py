@@ -131,6 +131,6 @@ async def test_desired_count_is_applied_and_shown(st: Stack, connectors: Stubs) 
     assert f"scaled service {service} to 2 resources" in connector_events(doc, compute)[-1]
 
     # The compute is remembered: later calls may leave it out.
-    resp = await st.http.post(f"/service/{service}/scale", json={"number": 1})
+    resp = await st.http.post(f"/service/{service}/scale", json={"number": 0})
     assert resp.status_code == 200, resp.text
-    await eventually(lambda: stub.counts[service] == 1, "the count did not follow")
+    await eventually(lambda: stub.counts[service] == 0, "the count did not follow")

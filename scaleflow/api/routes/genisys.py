@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
@@ -60,6 +61,7 @@ ClientDep = Annotated[Client, Depends(get_client)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 NO_DATA = "No data received"
+SEED_TIMEOUT = timedelta(seconds=10)
 MISSING = "Missing parameters."
 
 
@@ -131,10 +133,14 @@ async def _registry_seed(client: Client) -> RegistryInit:
     if desc.status == WorkflowExecutionStatus.RUNNING:
         return RegistryInit()  # not used: the running entity is updated
     try:
-        return RegistryInit(computes=await list_computes(client))
-    except RPCError:
-        log.warning("could not read the ended compute registry; starting an empty one")
+        # Answered by a worker replaying the ended run; bounded, as none may be polling.
+        computes = await registry_handle(client).query(
+            ComputeRegistryWorkflow.definitions, rpc_timeout=SEED_TIMEOUT
+        )
+    except RPCError as exc:
+        log.warning("could not read the ended compute registry, starting an empty one: %s", exc)
         return RegistryInit()
+    return RegistryInit(computes=computes)
 
 
 async def registry_update(client: Client, settings: Settings, update: Any, arg: Any) -> Any:
