@@ -64,7 +64,8 @@ TIMEOUT = httpx.Timeout(20.0, connect=5.0)
 
 class ConnectorAnswer(BaseModel):
     service: str | None = None
-    running_resources: int = Field(ge=0, le=MAX_RESOURCES)
+    # Strict: a count sent as "2" or 2.5 is a broken connector, not a number to guess.
+    running_resources: int = Field(ge=0, le=MAX_RESOURCES, strict=True)
 
 
 def _plural(n: int) -> str:
