@@ -117,13 +117,14 @@ class ServiceOpInput(BaseModel):
     queued: bool = False
 
 
-class ServiceOpResult(BaseModel):
-    running: int | None = None
-
-
 # ---- connector activities -----------------------------------------------------
 
 Protocol = Literal["v2", "v1"]
+
+
+class ServiceOpResult(BaseModel):
+    running: int | None = None
+    protocol: Protocol | None = None
 
 
 class ConnectorCall(BaseModel):

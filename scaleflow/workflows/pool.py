@@ -3,6 +3,7 @@ runs operations one at a time, in the order they were accepted."""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -86,18 +87,18 @@ class PoolWorkflow:
                 await self._sync()
             if self._below_min():
                 await self._enqueue(OperationKind.SCALE_OUT, self._shortfall(), MIN_COUNT_REASON)
-            await workflow.wait_condition(
-                lambda: (
-                    bool(self.queue) or self.sync_needed or self._below_min() or self._may_end()
-                ),
-                timeout=self._top_up_wait(),
-            )
+            # The timeout wakes a pool below its minimum once its backoff is over.
+            with contextlib.suppress(TimeoutError):
+                await workflow.wait_condition(self._has_work, timeout=self._top_up_wait())
             if self.queue:
                 await self._run_next()
             elif self._may_end():
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 if not self.queue:
                     workflow.continue_as_new(self._carry())
+
+    def _has_work(self) -> bool:
+        return bool(self.queue) or self.sync_needed or self._below_min() or self._may_end()
 
     def _may_end(self) -> bool:
         return workflow.info().is_continue_as_new_suggested()

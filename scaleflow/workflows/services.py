@@ -121,10 +121,14 @@ class ServiceScaleWorkflow:
         except ActivityError as err:
             if isinstance(err.cause, CancelledError):
                 raise
-            # Fails with the connector's own message, attributed to the compute.
-            message = _failure_message(err)
+            # The failed attempt's event already carries the connector's own message;
+            # the operation's failure says what did not happen, for the same compute.
+            what = "upscale" if inp.direction == Direction.OUT else "downscale"
+            if inp.target is not None:
+                what = f"scale to {inp.target}"
+            message = f"{what} of service {inp.service} on compute {inp.compute.name} failed"
             if isinstance(err.cause, TemporalTimeoutError):
-                message = f"gave up after {OPERATION_DEADLINE}: {message}"
+                message += f": gave up after {OPERATION_DEADLINE}: {_failure_message(err)}"
             raise self._fail(inp, message) from err
 
     def _fail(self, inp: ServiceOpInput, message: str) -> ApplicationError:
@@ -150,7 +154,7 @@ class ServiceScaleWorkflow:
             return await self._steps(call, 1 if inp.direction == Direction.OUT else -1)
         target = self._target(inp, status.running)
         if target == status.running:
-            return ServiceOpResult(running=status.running)
+            return ServiceOpResult(running=status.running, protocol="v2")
         scaled = await workflow.execute_activity(
             "connector_scale",
             ScaleCall(service=inp.service, compute=inp.compute, number=target),
@@ -158,7 +162,7 @@ class ServiceScaleWorkflow:
             **_connector_options(),
         )
         if scaled.applied:
-            return ServiceOpResult(running=scaled.running)
+            return ServiceOpResult(running=scaled.running, protocol="v2")
         # A status route but no scale route: one v1 step for each resource of difference.
         return await self._steps(call, target - status.running)
 
@@ -188,7 +192,7 @@ class ServiceScaleWorkflow:
                 **_connector_options(),
             )
             running = done.running
-        return ServiceOpResult(running=running)
+        return ServiceOpResult(running=running, protocol="v1")
 
 
 @workflow.defn
@@ -311,6 +315,7 @@ class ServiceWorkflow:
         except ChildWorkflowError as err:
             self.last_error = _failure_message(err)
             return
+        self.protocol = result.protocol or self.protocol
         if result.running is not None:
             self.observed = result.running
             self.observed_at = workflow.now()

@@ -52,7 +52,7 @@ async def test_upscale_twice_then_downscale_once(st: Stack, connectors: Stubs) -
 
     view = (await st.http.get(f"/service/{service}")).json()
     assert view["compute"] == compute and view["running_resources"] == 1
-    assert view["desired"] is None
+    assert view["desired"] is None and view["protocol"] == "v2"
 
 
 async def test_v1_connector_gets_start(st: Stack, connectors: Stubs) -> None:
@@ -104,7 +104,10 @@ async def test_connector_refusal_fails_the_operation(st: Stack, connectors: Stub
         refusal in e["Message"] and "409" in e["Message"] and e["Source"] == compute
         for e in doc["Events"]
     ), doc
-    assert doc["Events"][-1]["Message"] == "scaling activity has reached terminal failure"
+    assert [(e["Message"], e["Source"]) for e in doc["Events"][-2:]] == [
+        (f"downscale of service {service} on compute {compute} failed", compute),
+        ("scaling activity has reached terminal failure", CONTROL_SOURCE),
+    ]
     assert stub.paths().count(f"GET /service/{service}/kill") == 1  # refused: not retried
     view = (await st.http.get(f"/service/{service}")).json()
     assert refusal in view["last_error"]

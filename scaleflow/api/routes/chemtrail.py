@@ -70,7 +70,8 @@ async def scale_in(client_class: str, client: ClientDep, request_id: RequestId =
 @router.get("/v1/scale/status", response_model=dict[str, ScalingEvent])
 async def list_events(events: EventsDep, pool: str | None = None) -> Any:
     """Recent scaling events (within the retention window), keyed by operation ID."""
-    if pool is not None and not valid_name(pool):
+    # Genisys operations are filed under "service/<name>".
+    if pool is not None and not valid_name(pool.removeprefix("service/")):
         raise ScaleflowError(ErrorKind.INVALID, f"invalid pool name {pool!r}")
     return await events.recent(pool)
 
