@@ -18,8 +18,8 @@ from tests.servers import memcached, temporal_cli, temporal_test_server
 pytest_plugins = ["tests.aws_fixtures"]
 
 
-@pytest.fixture(scope="session")
-async def time_env() -> AsyncIterator[WorkflowEnvironment]:
+async def time_skipping_env() -> WorkflowEnvironment:
+    """A time-skipping test server with the project's search attributes."""
     env = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=temporal_test_server(),
         data_converter=pydantic_data_converter,
@@ -33,6 +33,12 @@ async def time_env() -> AsyncIterator[WorkflowEnvironment]:
             },
         )
     )
+    return env
+
+
+@pytest.fixture(scope="session")
+async def time_env() -> AsyncIterator[WorkflowEnvironment]:
+    env = await time_skipping_env()
     yield env
     await env.shutdown()
 

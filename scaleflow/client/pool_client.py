@@ -156,4 +156,3 @@ class PoolClient:
         closer = getattr(self.source, "close", None)
         if closer is not None:
             closer()
-

@@ -38,13 +38,18 @@ def slow_memcached(tmp: Path, delay_s: float) -> str:
     return str(script)
 
 
-def memcached_pids() -> set[int]:
+def memcached_pids(state_dir: Path) -> set[int]:
+    """memcached processes started for ``state_dir`` (their ``-P`` names it)."""
+    marker = str(state_dir.resolve())
     pids = set()
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            args = processes.cmdline(int(entry.name))
-            if args and os.path.basename(args[0]) == "memcached":
-                pids.add(int(entry.name))
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        args = processes.cmdline(pid)
+        ours = args and os.path.basename(args[0]) == "memcached" and marker in " ".join(args)
+        if ours and processes.is_running(pid):
+            pids.add(pid)
     return pids
 
 

@@ -39,7 +39,6 @@ def node_pids(settings: Settings) -> set[int]:
 async def test_worker_killed_during_scale_out(
     dev_env: WorkflowEnvironment, tmp_path: Path, workers: list[WorkerProcess]
 ) -> None:
-    before = memcached_pids()
     settings = stack_settings(tmp_path, dev_env.client)
     # The new node takes 2 s to boot, so the kill lands while the operation waits on it.
     settings.memcached_bin = slow_memcached(tmp_path, 2)
@@ -58,18 +57,17 @@ async def test_worker_killed_during_scale_out(
         assert len(LocalProvider(settings).records()) == 2
         assert sum("started memcached node" in e["Message"] for e in doc["Events"]) == 1
         # Exactly the pool's two nodes run: nothing was started twice or leaked.
-        assert memcached_pids() - before == node_pids(settings)
+        assert memcached_pids(settings.state_dir) == node_pids(settings)
         assert len(node_pids(settings)) == 2
         for node in view["nodes"]:
             assert Memcache(split_address(node["address"])).version()
         await st.client.get_workflow_handle(f"pool/{name}").terminate("test finished")
-    assert memcached_pids() - before == set()
+    assert memcached_pids(settings.state_dir) == set()
 
 
 async def test_worker_killed_during_scale_in_drain(
     dev_env: WorkflowEnvironment, tmp_path: Path, workers: list[WorkerProcess]
 ) -> None:
-    before = memcached_pids()
     settings = stack_settings(tmp_path, dev_env.client)
     async with stack(settings, dev_env.client, worker=False) as st:
         name = st.pool_name()
@@ -94,8 +92,8 @@ async def test_worker_killed_during_scale_in_drain(
 
         assert [n["id"] for n in view["nodes"]] == [survivor["id"]]
         assert sum("stopped memcached node" in e["Message"] for e in doc["Events"]) == 1
-        assert memcached_pids() - before == node_pids(settings)
+        assert memcached_pids(settings.state_dir) == node_pids(settings)
         assert len(node_pids(settings)) == 1
         assert Memcache(split_address(survivor["address"])).version()
         await st.client.get_workflow_handle(f"pool/{name}").terminate("test finished")
-    assert memcached_pids() - before == set()
+    assert memcached_pids(settings.state_dir) == set()

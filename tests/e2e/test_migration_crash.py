@@ -50,7 +50,6 @@ async def copy_progress(st: Stack, workflow_id: str, timeout_s: float = 60) -> M
 async def test_worker_killed_mid_migration_resumes_from_heartbeat(
     dev_env: WorkflowEnvironment, tmp_path: Path, workers: list[WorkerProcess]
 ) -> None:
-    before = memcached_pids()
     settings = stack_settings(tmp_path, dev_env.client)
     async with stack(settings, dev_env.client, worker=False) as st:
         name = st.pool_name()
@@ -83,4 +82,4 @@ async def test_worker_killed_mid_migration_resumes_from_heartbeat(
         assert await asyncio.to_thread(missing, api, name, values) == []
         assert await asyncio.to_thread(strays, final) == {n: 0 for n in final.addresses}
         await st.client.get_workflow_handle(f"pool/{name}").terminate("test finished")
-    assert memcached_pids() - before == set()
+    assert memcached_pids(settings.state_dir) == set()

@@ -31,6 +31,7 @@ from scaleflow.core.models import (
 )
 from scaleflow.worker import WORKFLOWS
 from scaleflow.workflows.pool import PoolWorkflow
+from tests.conftest import time_skipping_env
 from tests.workflows.fakes import FakeCloud
 
 
@@ -193,20 +194,25 @@ async def test_operations_run_one_at_a_time_in_order(time_env, cloud) -> None:
     assert len(fake.provisioned) == 5
 
 
-async def test_a_failing_top_up_backs_off_and_recovers(time_env, cloud) -> None:
-    fake, queue = cloud
-    client = time_env.client
-    fake.fail_ready = True
-    pool = await start_pool(client, queue, min_count=1, max_count=3, provider="no-op")
-    for _ in range(200):
-        if len(fake.terminated) >= 1:
-            break
-        await asyncio.sleep(0.05)
-    assert fake.terminated, "the first top-up failed and was compensated"
-    fake.fail_ready = False
-    # The pool waits out its backoff on a timer, then tops up again.
-    await time_env.sleep(timedelta(minutes=5))
-    view = await settle(pool, client, 1)
-    assert view.has_policy
-    desc = await pool.describe()
-    assert desc.status is not None and desc.status.name == "RUNNING"
+async def test_a_failing_top_up_backs_off_and_recovers() -> None:
+    # Its own server: skipping time on the shared one would wait on other tests'
+    # leftover workflows.
+    async with await time_skipping_env() as env:
+        fake = FakeCloud(fail_ready=True)
+        async with Worker(
+            env.client, task_queue="backoff", workflows=WORKFLOWS, activities=fake.activities()
+        ):
+            pool = await start_pool(
+                env.client, "backoff", min_count=1, max_count=3, provider="no-op"
+            )
+            for _ in range(200):
+                if fake.terminated:
+                    break
+                await asyncio.sleep(0.05)
+            assert fake.terminated, "the first top-up failed and was compensated"
+            fake.fail_ready = False
+            # The pool waits out its backoff on a timer, then tops up again.
+            await env.sleep(timedelta(minutes=5))
+            await settle(pool, env.client, 1)
+            desc = await pool.describe()
+            assert desc.status is not None and desc.status.name == "RUNNING"

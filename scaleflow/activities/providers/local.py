@@ -91,6 +91,9 @@ class LocalProvider:
 
     def _args(self, rec: LocalNodeRecord) -> list[str]:
         args = [self.bin, "-l", rec.host, "-p", str(rec.port), "-U", "0"]
+        # Unused without -d, but it names the node and its state dir in the command
+        # line, so the processes of a state dir can always be told apart.
+        args += ["-P", str(self.dir.resolve() / f"{rec.node_id}.pid")]
         args += ["-m", str(rec.capacity_mb), "-c", "4096", "-t", "2", *rec.extra_args]
         if os.geteuid() == 0:
             args += ["-u", "root"]
