@@ -15,7 +15,6 @@ from contextlib import contextmanager
 
 from pymemcache.client.base import Client
 
-from scaleflow.activities.memcached_wire import RawSerde
 from scaleflow.activities.migration import copy_range
 from scaleflow.activities.processes import free_port, wait_listening
 from scaleflow.core.migration_io import MigrateInput
@@ -56,9 +55,19 @@ def node(memory_mb: int = 512) -> Iterator[str]:
         proc.wait()
 
 
+class Raw:
+    """Values as (bytes, flags), so the baseline copies flags as the migration does."""
+
+    def serialize(self, key: bytes, value: tuple[bytes, int]) -> tuple[bytes, int]:
+        return value
+
+    def deserialize(self, key: bytes, value: bytes, flags: int) -> tuple[bytes, int]:
+        return value, flags
+
+
 def client(address: str) -> Client:
     host, _, port = address.rpartition(":")
-    return Client((host, int(port)), serde=RawSerde(), timeout=30)
+    return Client((host, int(port)), serde=Raw(), timeout=30)
 
 
 def fill(address: str) -> list[str]:

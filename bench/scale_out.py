@@ -1,12 +1,20 @@
 """Scale-out of a local memcached node: from the API call to the node answering.
 
 Target: median <= 250 ms. Baseline, measured in the same run: spawn memcached directly
-(same arguments as the local provider) on a free port and poll until it answers ``version``.
+(the local provider's arguments) on a free port and poll until it answers ``version``.
 
-For every scale-out, ``t0`` is just before ``POST /v1/scale/out/{pool}``. The client then
-polls ``GET /v1/scale/status/{id}`` until the operation reports success (``to success``)
-and at once asks the new node for its version (``to answering``). The operation's own
-history gives a timeline of where the time goes.
+For every scale-out, ``t0`` is just before ``POST /v1/scale/out/{pool}``.
+
+* Main series (the target): a pool with no nodes gains its first one. The client polls
+  ``GET /v1/scale/status/{id}`` until the operation reports success (``to status
+  success``), then at once asks the new node for its version (``to node answering``).
+  Each run has a pool of its own, so that no run pays for slot migration (a pool's first
+  node takes every slot without moving any).
+* Second series: a pool with one node gains a second, which moves half of the slots to
+  it. The client polls the pool view until the new node is READY and answers (``node
+  answering``), and the status until success (``status success``: after the migration).
+
+The operation's own history gives a breakdown of where the time goes.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from pymemcache.client.base import Client as Memcache
 from temporalio.api.enums.v1 import EventType
@@ -32,7 +41,10 @@ from tests.servers import memcached
 TARGET_MS = 250.0
 RUNS = 30
 WARMUP = 3
+GROW_RUNS = 5
 POLL_S = 0.005
+# A pause before the measured runs, so that they start from a settled machine.
+IDLE_S = 5.0
 ANSWERS = re.compile(r"at (\S+) answers")
 
 
@@ -40,7 +52,7 @@ ANSWERS = re.compile(r"at (\S+) answers")
 class Run:
     accepted: float  # the POST's 201
     success: float  # the status document says success
-    answering: float  # the node answered version() right after
+    answering: float  # the new node answered version()
     # (label, ms after t0) for each event of the operation's history
     timeline: list[tuple[str, float]] = field(default_factory=list)
 
@@ -53,6 +65,10 @@ def version(host: str, port: int) -> bool:
         return False
     finally:
         client.close()
+
+
+def answers(address: str) -> bool:
+    return version(*split_address(address))
 
 
 def bare_spawn(binary: str, host: str = "127.0.0.1") -> float:
@@ -76,64 +92,122 @@ def bare_spawn(binary: str, host: str = "127.0.0.1") -> float:
         proc.wait()
 
 
-def _label(ev: HistoryEvent, activities: dict[int, str]) -> str:
+def _label(ev: HistoryEvent, names: dict[int, str]) -> str:
+    """The event's type, with the activity or signal it concerns; ``names`` maps the ids
+    of scheduling events to those names for the events that refer back to them."""
     name = EventType.Name(ev.event_type).removeprefix("EVENT_TYPE_").lower()
-    if ev.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
-        activities[ev.event_id] = ev.activity_task_scheduled_event_attributes.activity_type.name
-        return f"{name} {activities[ev.event_id]}"
-    if ev.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
-        sched = ev.activity_task_started_event_attributes.scheduled_event_id
-        return f"{name} {activities.get(sched, '?')}"
-    if ev.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
+    et = ev.event_type
+    if et == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+        names[ev.event_id] = ev.activity_task_scheduled_event_attributes.activity_type.name
+        return f"{name} {names[ev.event_id]}"
+    if et == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
+        return f"{name} {names.get(ev.activity_task_started_event_attributes.scheduled_event_id)}"
+    if et == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
         sched = ev.activity_task_completed_event_attributes.scheduled_event_id
-        return f"{name} {activities.get(sched, '?')}"
+        return f"{name} {names.get(sched)}"
+    if et == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED:
+        return f"{name} {ev.workflow_execution_signaled_event_attributes.signal_name}"
+    if et == EventType.EVENT_TYPE_SIGNAL_EXTERNAL_WORKFLOW_EXECUTION_INITIATED:
+        attrs = ev.signal_external_workflow_execution_initiated_event_attributes
+        names[ev.event_id] = attrs.signal_name
+        return f"{name} {attrs.signal_name}"
+    if et == EventType.EVENT_TYPE_EXTERNAL_WORKFLOW_EXECUTION_SIGNALED:
+        initiated = ev.external_workflow_execution_signaled_event_attributes.initiated_event_id
+        return f"{name} {names.get(initiated)}"
     return name
 
 
 async def timeline(st: Stack, op_id: str, t0_ns: int) -> list[tuple[str, float]]:
     history = await st.client.get_workflow_handle(op_id).fetch_history()
-    activities: dict[int, str] = {}
+    names: dict[int, str] = {}
     return [
-        (_label(ev, activities), (ev.event_time.ToNanoseconds() - t0_ns) / 1e6)
-        for ev in history.events
+        (_label(ev, names), (ev.event_time.ToNanoseconds() - t0_ns) / 1e6) for ev in history.events
     ]
 
 
-async def scale_out_once(st: Stack, pool: str, nodes_after: int) -> Run:
-    t0_ns = time.time_ns()
-    t0 = time.perf_counter()
+async def post_scale_out(st: Stack, pool: str) -> tuple[str, float]:
     resp = await st.http.post(f"/v1/scale/out/{pool}")
-    accepted = time.perf_counter() - t0
     if resp.status_code != 201:
         raise RuntimeError(f"scale-out refused: {resp.status_code} {resp.text}")
-    op_id = resp.json()["ID"]
-    while True:
-        status = await st.http.get(f"/v1/scale/status/{op_id}")
-        if status.status_code == 200:
-            doc = status.json()
-            if doc["Status"] == "success":
-                break
-            if doc["Status"] in ("failed", "cancelled"):
-                raise RuntimeError(f"scale-out {op_id} ended {doc['Status']}: {doc}")
+    return resp.json()["ID"], time.perf_counter()
+
+
+async def status(st: Stack, op_id: str) -> dict[str, Any] | None:
+    """The operation's document once it succeeded; None while it runs."""
+    resp = await st.http.get(f"/v1/scale/status/{op_id}")
+    if resp.status_code != 200:
+        return None
+    doc = resp.json()
+    if doc["Status"] in ("failed", "cancelled"):
+        raise RuntimeError(f"scale-out {op_id} ended {doc['Status']}: {doc}")
+    return doc if doc["Status"] == "success" else None
+
+
+async def new_ready_node(st: Stack, pool: str, before: set[str]) -> str | None:
+    view = await st.pool(pool)
+    for node in view["nodes"]:
+        if node["id"] not in before and node["state"] == "ready" and node["address"]:
+            return str(node["address"])
+    return None
+
+
+async def first_node(st: Stack, pool: str) -> Run:
+    """0 -> 1 node: poll the status until success, then ask the node at once."""
+    t0_ns, t0 = time.time_ns(), time.perf_counter()
+    op_id, accepted = await post_scale_out(st, pool)
+    while (doc := await status(st, op_id)) is None:
         await asyncio.sleep(POLL_S)
-    success = time.perf_counter() - t0
-    addresses = [m.group(1) for e in doc["Events"] if (m := ANSWERS.search(e["Message"]))]
-    if not addresses or not version(*split_address(addresses[-1])):
+    success = time.perf_counter()
+    found = [m.group(1) for e in doc["Events"] if (m := ANSWERS.search(e["Message"]))]
+    address = found[-1] if found else await new_ready_node(st, pool, set())
+    if address is None or not answers(address):
         raise RuntimeError(f"the node of {op_id} does not answer: {doc}")
-    answering = time.perf_counter() - t0
-    # Not timed: the pool has taken in the node and its queue is empty again.
-    await st.wait_pool(pool, nodes_after)
-    return Run(accepted, success, answering, await timeline(st, op_id, t0_ns))
+    answering = time.perf_counter()
+    await st.wait_pool(pool, 1)  # not timed: the pool has the node and an empty queue
+    return Run(accepted - t0, success - t0, answering - t0, await timeline(st, op_id, t0_ns))
+
+
+async def second_node(st: Stack, pool: str) -> Run:
+    """1 -> 2 nodes: the node answers before the operation ends (it migrates slots)."""
+    before = {n["id"] for n in (await st.pool(pool))["nodes"]}
+    t0_ns, t0 = time.time_ns(), time.perf_counter()
+    op_id, accepted = await post_scale_out(st, pool)
+    answering = 0.0
+    while True:
+        if not answering:
+            address = await new_ready_node(st, pool, before)
+            if address is not None and answers(address):
+                answering = time.perf_counter()
+        if await status(st, op_id) is not None:
+            break
+        await asyncio.sleep(POLL_S)
+    success = time.perf_counter()
+    await st.wait_pool(pool, 2)
+    return Run(
+        accepted - t0, success - t0, (answering or success) - t0, await timeline(st, op_id, t0_ns)
+    )
+
+
+async def fresh_pool(st: Stack, min_count: int) -> str:
+    pool = st.pool_name()
+    resp = await st.put_policy(pool, MinCount=min_count, MaxCount=100, Provider="local")
+    if resp.status_code != 200:
+        raise RuntimeError(f"policy refused: {resp.status_code} {resp.text}")
+    await st.wait_pool(pool, min_count)
+    return pool
 
 
 CATEGORIES = {
     "workflow_execution_started": "pool: accept the POST, start the operation",
-    "workflow_execution_signaled": "pool: give the operation its turn (go signal)",
+    "workflow_execution_signaled go": "pool: give the operation its turn (go signal)",
+    "workflow_execution_signaled slot_map_changed": "slot migration: until each map update",
     "workflow_task_started": "workflow tasks waiting for the worker",
     "workflow_task_completed": "workflow tasks running in the worker",
-    "external_workflow_execution_signaled": "signal to the pool delivered",
+    "external_workflow_execution_signaled node_changed": "signal node_changed to the pool",
+    "external_workflow_execution_signaled slot_map_changed": "signal slot_map_changed to the pool",
     "activity_task_completed provision_node": "activity provision_node",
     "activity_task_completed node_ready": "activity node_ready",
+    "child_workflow_execution_completed": "slot migration: until the child workflow ends",
 }
 SEEN = "status poll sees success"
 
@@ -182,39 +256,49 @@ async def run() -> dict[str, Series]:
     print(f"scale-out: local memcached node, API call to node answering ({RUNS} runs)")
     print("=" * 78)
     async with bench_stack() as st:
-        pool = st.pool_name()
-        resp = await st.put_policy(pool, MinCount=0, MaxCount=100, Provider="local")
-        if resp.status_code != 200:
-            raise RuntimeError(f"policy refused: {resp.status_code} {resp.text}")
-        await st.wait_pool(pool, 0)
-
         binary = memcached()
         for _ in range(WARMUP):
             await asyncio.to_thread(bare_spawn, binary)
         spawns = [await asyncio.to_thread(bare_spawn, binary) for _ in range(RUNS)]
 
-        nodes = 0
-        warm = []
-        for _ in range(WARMUP):
-            nodes += 1
-            warm.append(await scale_out_once(st, pool, nodes))
-        runs = []
-        for _ in range(RUNS):
-            nodes += 1
-            runs.append(await scale_out_once(st, pool, nodes))
+        # Every run has a pool of its own, made beforehand (not timed).
+        empty = [await fresh_pool(st, 0) for _ in range(WARMUP + RUNS)]
+        single = [await fresh_pool(st, 1) for _ in range(GROW_RUNS)]
+        await asyncio.sleep(IDLE_S)
+        warm = [await first_node(st, pool) for pool in empty[:WARMUP]]
+        runs = [await first_node(st, pool) for pool in empty[WARMUP:]]
+        grow = [await second_node(st, pool) for pool in single]
 
     baseline = Series("bare spawn", spawns)
     accepted = Series("POST answered (201)", [r.accepted for r in runs])
     success = Series("to status success", [r.success for r in runs])
     answering = Series("to node answering", [r.answering for r in runs])
-    print_table("results", [accepted, success, answering, baseline])
+    print_table(
+        "first node of a pool (0 -> 1), the target's series",
+        [accepted, success, answering, baseline],
+    )
     print(
         "warm-up scale-outs, not counted (to node answering): "
         + ", ".join(f"{r.answering * 1000:.0f} ms" for r in warm)
     )
     print_breakdown(runs)
     print_timeline(runs)
+
+    grow_answering = Series("to node answering (pool view)", [r.answering for r in grow])
+    grow_success = Series("to status success (after migration)", [r.success for r in grow])
+    print_table(
+        "second node of a pool (1 -> 2, moves half of the slots)", [grow_answering, grow_success]
+    )
+    print_breakdown(grow)
+
     print()
-    print(ratio_line("scale-out (to node answering)", answering, baseline, TARGET_MS))
-    print(ratio_line("scale-out (to status success)", success, baseline, TARGET_MS))
-    return {"scale-out": answering, "scale-out baseline": baseline}
+    print(ratio_line("scale-out 0->1 (to node answering)", answering, baseline, TARGET_MS))
+    print(ratio_line("scale-out 0->1 (to status success)", success, baseline, TARGET_MS))
+    print(ratio_line("scale-out 1->2 (to node answering)", grow_answering, baseline, TARGET_MS))
+    print(ratio_line("scale-out 1->2 (to status success)", grow_success, baseline, TARGET_MS))
+    return {
+        "scale-out": answering,
+        "scale-out baseline": baseline,
+        "scale-out 1->2 answering": grow_answering,
+        "scale-out 1->2 success": grow_success,
+    }

@@ -19,14 +19,16 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from typing import Any
 
+from temporalio.api.workflowservice.v1 import ListWorkflowExecutionsRequest
 from temporalio.client import Client
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from bench.harness import Series, bench_stack, print_table, ratio_line
 from scaleflow.api.events import EventStore
-from scaleflow.core.events import build_scaling_event
+from scaleflow.core.events import build_scaling_event, child_ids
 from scaleflow.core.models import (
     Engine,
     OperationInput,
@@ -45,6 +47,7 @@ OPERATIONS = 1000
 CONCURRENCY = 50
 CALLS = 30
 BASELINE_RUNS = 3
+PROFILE_RUNS = 10
 VISIBLE_TIMEOUT_S = 120.0
 
 
@@ -119,6 +122,23 @@ async def wait_visible(client: Client, expected: set[str]) -> None:
     raise RuntimeError(f"the listing never showed all {len(expected)} operations")
 
 
+async def listing_query(store: EventStore) -> str:
+    """The visibility query ``EventStore.operation_ids`` sends, captured from its call."""
+    sent: list[str] = []
+    real = store.client.list_workflows
+
+    def spy(query: str | None = None, **kwargs: Any) -> Any:
+        sent.append(query or "")
+        return real(query, **kwargs)
+
+    store.client.list_workflows = spy  # type: ignore[method-assign]
+    try:
+        await store.operation_ids()
+    finally:
+        del store.client.list_workflows
+    return sent[0]
+
+
 async def list_once(st: Stack) -> float:
     t0 = time.perf_counter()
     resp = await st.http.get("/v1/scale/status")
@@ -131,12 +151,38 @@ async def list_once(st: Stack) -> float:
     return elapsed
 
 
+async def listing_once(store: EventStore) -> float:
+    """The visibility listing alone, as the API runs it for every call."""
+    t0 = time.perf_counter()
+    ids = await store.operation_ids()
+    elapsed = time.perf_counter() - t0
+    if len(ids) != OPERATIONS:
+        raise RuntimeError(f"listing has {len(ids)} operations, expected {OPERATIONS}")
+    return elapsed
+
+
+async def raw_listing_once(client: Client, query: str) -> float:
+    """The same listing as one raw RPC: the server's share, without the SDK's decoding."""
+    t0 = time.perf_counter()
+    resp = await client.workflow_service.list_workflow_executions(
+        ListWorkflowExecutionsRequest(namespace=client.namespace, query=query, page_size=1000)
+    )
+    elapsed = time.perf_counter() - t0
+    if len(resp.executions) != OPERATIONS or resp.next_page_token:
+        raise RuntimeError(f"raw listing has {len(resp.executions)} operations")
+    return elapsed
+
+
 async def baseline_once(client: Client, ids: list[str]) -> float:
     converter = client.data_converter.payload_converter
     t0 = time.perf_counter()
     for op_id in ids:
-        history = await client.get_workflow_handle(op_id).fetch_history()
-        doc = build_scaling_event(history.events, converter)
+        history = (await client.get_workflow_handle(op_id).fetch_history()).events
+        # As the API does: an operation's child workflows (slot migrations) join its document.
+        children = [
+            (await client.get_workflow_handle(c).fetch_history()).events for c in child_ids(history)
+        ]
+        doc = build_scaling_event(history, converter, children)
         if doc.status != "success":
             raise RuntimeError(f"operation {op_id} is {doc.status}")
     return time.perf_counter() - t0
@@ -157,11 +203,18 @@ async def run() -> dict[str, Series]:
         cold = await list_once(st)
         warm = [await list_once(st) for _ in range(CALLS)]
         base = [await baseline_once(st.client, ids) for _ in range(BASELINE_RUNS)]
+        # Where a warm call's time goes: the listing, and the server's part of it.
+        store = EventStore(st.client, timedelta(hours=st.settings.event_retention_hours))
+        listing = [await listing_once(store) for _ in range(PROFILE_RUNS)]
+        query = await listing_query(store)
+        raw = [await raw_listing_once(st.client, query) for _ in range(PROFILE_RUNS)]
 
     cold_s = Series("GET /v1/scale/status, cold (fills cache)", [cold])
     warm_s = Series("GET /v1/scale/status", warm)
     baseline = Series("sequential fetch + build", base)
-    print_table("results", [warm_s, cold_s, baseline])
+    listing_s = Series("  of which: listing the IDs (SDK)", listing)
+    raw_s = Series("  of which: listing RPC (server + wire)", raw)
+    print_table("results", [warm_s, listing_s, raw_s, cold_s, baseline])
     print()
     print(ratio_line("status list", warm_s, baseline, TARGET_MS))
     print(

@@ -10,7 +10,7 @@ from pymemcache.client.base import Client
 from temporalio import activity
 
 from scaleflow.activities.memcached import split_address
-from scaleflow.activities.memcached_wire import Adder, RawSerde, metadump
+from scaleflow.activities.memcached_wire import Adder, Fetcher, metadump
 from scaleflow.activities.notes import note
 from scaleflow.core.migration_io import MigrateInput, MigrateResult, MigrationProgress, PurgeInput
 from scaleflow.core.models import ActivityReport
@@ -32,6 +32,23 @@ def _resume_point() -> MigrationProgress | None:
     if not details:
         return None
     return MigrationProgress.model_validate(details[0])
+
+
+class Pace:
+    """Sleeps as needed to keep a loop under ``rate_mb_s`` megabytes a second."""
+
+    def __init__(self, rate_mb_s: float) -> None:
+        self.rate = rate_mb_s * 1e6
+        self.started = time.monotonic()
+        self.done = 0
+
+    def spent(self, nbytes: int) -> None:
+        if self.rate <= 0:
+            return
+        self.done += nbytes
+        ahead = self.done / self.rate - (time.monotonic() - self.started)
+        if ahead > 0:
+            time.sleep(ahead)
 
 
 def keys_in_range(address: str, start: int, end: int) -> list[tuple[bytes, int]]:
@@ -56,22 +73,21 @@ def copy_range(
     if resume is not None:
         copied, size, skip_after = resume.keys, resume.bytes, bytes.fromhex(resume.last_key)
         keys = [item for item in keys if item[0] > skip_after]
-    source = Client(split_address(req.source_address), serde=RawSerde(), timeout=30)
+    expiry = dict(keys)
+    pace = Pace(req.rate_mb_s)
+    source = Fetcher(req.source_address)
     target = Adder(req.target_address)
     try:
         for i in range(0, len(keys), req.batch):
             batch = keys[i : i + req.batch]
-            values = source.get_many([k for k, _ in batch])
-            items = []
-            for key, exp in batch:
-                got = values.get(key)
-                if got is None:
-                    continue  # expired or evicted since the dump
-                value, flags = got
-                # exp is absolute; memcached reads an exptime past 30 days as a timestamp.
-                items.append((key, flags, max(exp, 0), value))
-                size += len(value)
+            # Keys expired or evicted since the dump are simply not returned.
+            found = source.get_many([k for k, _ in batch])
+            # exp is absolute; memcached reads an exptime past 30 days as a timestamp.
+            items = [(k, flags, max(expiry[k], 0), v) for k, flags, v in found]
+            size += sum(len(v) for _, _, v in found)
             target.add_many(items)
+            # Per-key work dominates small values: each key counts as at least 1 KiB.
+            pace.spent(sum(max(len(v), 1024) for _, _, v in found))
             copied += len(items)
             heartbeat(
                 MigrationProgress(last_key=batch[-1][0].hex(), keys=copied, bytes=size).model_dump()
@@ -96,9 +112,12 @@ def purge_range(req: PurgeInput) -> ActivityReport:
     mv = req.move
     keys = [k for k, _ in keys_in_range(req.address, mv.start, mv.end)]
     client = Client(split_address(req.address), timeout=30)
+    # A delete costs about what a small copy does: pace it by key count.
+    pace = Pace(req.rate_mb_s)
     try:
         for i in range(0, len(keys), 1000):
             client.delete_many(keys[i : i + 1000], noreply=False)
+            pace.spent(len(keys[i : i + 1000]) * 1024)
     finally:
         client.close()
     return ActivityReport(

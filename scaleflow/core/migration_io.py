@@ -13,6 +13,7 @@ class MigrateInput(BaseModel):
     source_address: str
     target_address: str
     batch: int = 500
+    rate_mb_s: float = 0.0  # 0: as fast as it goes
 
 
 class MigrateResult(ActivityReport):
@@ -24,6 +25,7 @@ class MigrateResult(ActivityReport):
 class PurgeInput(BaseModel):
     move: Move
     address: str
+    rate_mb_s: float = 0.0
 
 
 class MigrationProgress(BaseModel):
@@ -44,6 +46,7 @@ class MigrationInput(BaseModel):
     purge: bool = True
     # Workflows told of every map change (the pool, and the operation that asked).
     notify: list[str] = Field(default_factory=list)
+    rate_mb_s: float = 0.0
 
 
 class MigrationResult(BaseModel):

@@ -90,6 +90,9 @@ class PoolConfig(BaseModel):
     # How often clients re-read the slot map; migrations wait twice this before
     # copying and before purging, so that no client still uses an old map.
     client_refresh_s: float = Field(default=0.5, ge=0, le=60)
+    # Caps a migration's copy (and purge) so that clients keep most of the CPU and
+    # network while a pool resizes; each key counts as at least 1 KiB; 0: no cap.
+    migration_rate_mb_s: float = Field(default=0.0, ge=0, le=100_000)
 
     @field_validator("name")
     @classmethod

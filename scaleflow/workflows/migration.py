@@ -93,6 +93,7 @@ class SlotMigrationWorkflow:
                 move=mv,
                 source_address=self.map.addresses[mv.source],
                 target_address=self.map.addresses[mv.target],
+                rate_mb_s=inp.rate_mb_s,
             ),
             result_type=MigrateResult,
             **options.long_running(600),
@@ -105,7 +106,9 @@ class SlotMigrationWorkflow:
             await self._grace(inp)
             await workflow.execute_activity(
                 "purge_range",
-                PurgeInput(move=mv, address=inp.slot_map.addresses[mv.source]),
+                PurgeInput(
+                    move=mv, address=inp.slot_map.addresses[mv.source], rate_mb_s=inp.rate_mb_s
+                ),
                 result_type=ActivityReport,
                 **options.long_running(600),
             )

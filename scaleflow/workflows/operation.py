@@ -92,6 +92,8 @@ class OperationBase:
                 limit=inp.config.migration_limit,
                 grace_s=2 * inp.config.client_refresh_s,
                 purge=purge,
+                # Concurrent moves share the pool's cap.
+                rate_mb_s=inp.config.migration_rate_mb_s / inp.config.migration_limit,
                 notify=[*notify, workflow.info().workflow_id],
             ),
             id=f"{inp.op_id}-migration-{self._migrations}",
