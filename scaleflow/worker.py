@@ -11,13 +11,16 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from scaleflow.activities.connector import ConnectorActivities
+from scaleflow.activities.data_clear import DataClearActivities
 from scaleflow.activities.engines import EngineActivities
 from scaleflow.activities.migration import MigrationActivities
 from scaleflow.activities.nodes import NodeActivities
+from scaleflow.activities.stats import StatsActivities
 from scaleflow.core.settings import Settings
 from scaleflow.logs import setup_logging
 from scaleflow.temporal import connect
 from scaleflow.workflows.computes import ComputeRegistryWorkflow
+from scaleflow.workflows.data_clear import DataClearWorkflow
 from scaleflow.workflows.migration import SlotMigrationWorkflow
 from scaleflow.workflows.pool import PoolWorkflow
 from scaleflow.workflows.rollout import ConfigRolloutWorkflow
@@ -31,6 +34,7 @@ WORKFLOWS = [
     ScaleInWorkflow,
     SlotMigrationWorkflow,
     ConfigRolloutWorkflow,
+    DataClearWorkflow,
     ComputeRegistryWorkflow,
     ServiceWorkflow,
     ServiceScaleWorkflow,
@@ -42,6 +46,7 @@ def activities(settings: Settings) -> list[object]:
     nodes = NodeActivities(settings)
     engines = EngineActivities(settings)
     migration = MigrationActivities()
+    clear = DataClearActivities(settings)
     return [
         nodes.provision_node,
         nodes.terminate_node,
@@ -51,6 +56,10 @@ def activities(settings: Settings) -> list[object]:
         engines.drain_node,
         migration.migrate_range,
         migration.purge_range,
+        StatsActivities(settings).pool_stats,
+        clear.flush_cache,
+        clear.empty_bucket,
+        clear.truncate_tables,
         *ConnectorActivities().all(),
     ]
 

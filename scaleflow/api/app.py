@@ -12,7 +12,7 @@ from temporalio.client import Client
 
 from scaleflow.api import computes_file, errors
 from scaleflow.api.events import EventStore
-from scaleflow.api.routes import chemtrail, genisys, pools
+from scaleflow.api.routes import chemtrail, dashboard, genisys, memcache, pools
 from scaleflow.core.settings import Settings
 from scaleflow.temporal import connect
 
@@ -45,4 +45,6 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
     app.include_router(chemtrail.router)
     app.include_router(pools.router)
     app.include_router(genisys.router)
+    app.include_router(memcache.router)
+    app.include_router(dashboard.router)
     return app

@@ -19,6 +19,7 @@ OPERATION_TYPES = (
     "ScaleOutWorkflow",
     "ScaleInWorkflow",
     "ConfigRolloutWorkflow",
+    "DataClearWorkflow",
     "ServiceScaleWorkflow",
 )
 CLOSED = frozenset({"success", "failed", "cancelled"})

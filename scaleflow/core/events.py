@@ -99,6 +99,12 @@ def _items(
             fields = ev.workflow_execution_started_event_attributes.memo.fields
             memo = {k: (_decode(converter, [v]) or [None])[0] for k, v in fields.items()}
             add(ts, MSG_STARTED)
+            reason = str(memo.get("Reason") or "")
+            if reason.startswith("autoscaler: "):
+                # The reading and the rule that started this resize.
+                add(ts, reason.removeprefix("autoscaler: "), "autoscaler")
+            elif reason == "min_count":
+                add(ts, "the pool is below its MinCount: adding nodes")
         elif et == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
             attrs = ev.activity_task_scheduled_event_attributes
             activity_types[ev.event_id] = attrs.activity_type.name

@@ -9,6 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from scaleflow.core.autoscale import AutoscalerConfig, AutoscalerState, NodeCounters, StatsSample
 from scaleflow.core.slots import SlotMap
 
 NAME_RE = re.compile(r"^[A-Za-z0-9@._-]{1,64}$")
@@ -130,13 +131,22 @@ class OperationKind(StrEnum):
     SCALE_OUT = "scale-out"
     SCALE_IN = "scale-in"
     ROLLOUT = "config-rollout"
+    DATA_CLEAR = "data-clear"
 
 
 DIRECTIONS: dict[OperationKind, str] = {
     OperationKind.SCALE_OUT: "out",
     OperationKind.SCALE_IN: "in",
     OperationKind.ROLLOUT: "rollout",
+    OperationKind.DATA_CLEAR: "clear",
 }
+
+
+class DataClearSpec(BaseModel):
+    """What a data clear empties: the cache nodes always; S3 and RDS when asked."""
+
+    s3: bool = False
+    rds: bool = False
 
 
 class CacheSettings(BaseModel):
@@ -152,6 +162,11 @@ class OperationRequest(BaseModel):
     count: int | None = Field(default=None, ge=1, le=100)
     reason: str = "api"
     cache: CacheSettings | None = None
+    clear: DataClearSpec | None = None
+    # Scale-in of these nodes (by id or address) instead of the selector's choice.
+    nodes: list[str] | None = None
+    # terminate_all: may go below MinCount (the pool then tops itself up again).
+    ignore_min: bool = False
 
 
 class OperationAccepted(BaseModel):
@@ -167,6 +182,8 @@ class OperationInput(BaseModel):
     config: PoolConfig
     reason: str = "api"
     cache: CacheSettings | None = None
+    clear: DataClearSpec | None = None
+    nodes: list[str] | None = None
 
 
 class PoolSnapshot(BaseModel):
@@ -200,6 +217,10 @@ class PoolInit(BaseModel):
     requests: dict[str, str] = Field(default_factory=dict)
     sync_membership: bool = True
     slot_map: SlotMap = Field(default_factory=SlotMap)
+    autoscaler: AutoscalerConfig = Field(default_factory=AutoscalerConfig)
+    autoscaler_state: AutoscalerState = Field(default_factory=AutoscalerState)
+    stats: list[StatsSample] = Field(default_factory=list)
+    counters: dict[str, NodeCounters] = Field(default_factory=dict)
 
 
 class PoolView(BaseModel):
@@ -209,6 +230,7 @@ class PoolView(BaseModel):
     nodes: list[Node]
     queue: list[str]
     running: str | None
+    autoscaler: AutoscalerConfig = Field(default_factory=AutoscalerConfig)
 
 
 # ---- the scaling-event document (the seed's JSON names) ---------------------

@@ -31,6 +31,12 @@ class Settings(BaseSettings):
     aws_endpoint_url: str | None = None
     aws_region: str = "us-east-1"
 
+    # What a full data clear empties besides the cache ("S3" and "RDS").
+    s3_bucket: str | None = None
+    rds_dsn: str | None = None
+    rds_tables: list[str] = []
+    cloudwatch_namespace: str = "scaleflow/memcached"
+
     drain_poll_interval_s: float = 0.5
     event_retention_hours: float = 48.0
 

@@ -3,6 +3,7 @@ runs operations one at a time, in the order they were accepted."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from dataclasses import dataclass
 from datetime import timedelta
@@ -13,6 +14,7 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
 
 from scaleflow.workflows import attributes, options
+from scaleflow.workflows.data_clear import DataClearWorkflow
 from scaleflow.workflows.migration import MAP_SIGNAL
 from scaleflow.workflows.operation import OperationBase
 from scaleflow.workflows.rollout import APPLIED_SIGNAL, ConfigRolloutWorkflow
@@ -21,6 +23,7 @@ from scaleflow.workflows.scale_out import ScaleOutWorkflow
 
 with workflow.unsafe.imports_passed_through():
     from scaleflow.core.activity_io import ListNodesInput, ListNodesResult
+    from scaleflow.core.autoscale import AutoscalerConfig, StatsSample, decide
     from scaleflow.core.errors import ErrorKind
     from scaleflow.core.models import (
         DIRECTIONS,
@@ -40,8 +43,10 @@ with workflow.unsafe.imports_passed_through():
         ProviderName,
     )
     from scaleflow.core.slots import SlotMap
+    from scaleflow.core.stats_io import StatsInput, StatsResult
 
 REQUESTS_KEPT = 1000
+STATS_KEPT = 30
 MIN_COUNT_REASON = "min_count"
 
 
@@ -73,6 +78,12 @@ class PoolWorkflow:
         self.top_up_failures = 0
         self.top_up_after = workflow.now()
         self.slot_map = init.slot_map
+        self.autoscaler = init.autoscaler
+        self.autoscaler_state = init.autoscaler_state
+        self.samples: list[StatsSample] = list(init.stats)
+        self.counters = dict(init.counters)
+        self.sample_now = False
+        self.sampling = False
 
     @property
     def name(self) -> str:
@@ -82,6 +93,8 @@ class PoolWorkflow:
 
     @workflow.run
     async def run(self, init: PoolInit) -> None:
+        # Statistics and the autoscaler keep time while operations run.
+        self._sampler = asyncio.create_task(self._sample_loop())
         while True:
             if self.sync_needed and not self.queue:
                 await self._sync()
@@ -94,6 +107,8 @@ class PoolWorkflow:
                 await self._run_next()
             elif self._may_end():
                 await workflow.wait_condition(workflow.all_handlers_finished)
+                # Not in the middle of a reading: its timer just ends with this run.
+                await workflow.wait_condition(lambda: not self.sampling)
                 if not self.queue:
                     workflow.continue_as_new(self._carry())
 
@@ -112,7 +127,130 @@ class PoolWorkflow:
             requests=kept,
             sync_membership=False,
             slot_map=self.slot_map,
+            autoscaler=self.autoscaler,
+            autoscaler_state=self.autoscaler_state,
+            stats=self.samples,
+            counters=self.counters,
         )
+
+    # ---- statistics and the autoscaler ----------------------------------------
+
+    async def _sample_loop(self) -> None:
+        while True:
+            self.sample_now = False
+            with contextlib.suppress(TimeoutError):
+                await workflow.wait_condition(
+                    lambda: self.sample_now,
+                    timeout=timedelta(seconds=self.autoscaler.interval_s),
+                )
+            if self.config.engine != Engine.MEMCACHED or self._may_end():
+                continue
+            self.sampling = True
+            try:
+                sample = await self._sample()
+                if sample is not None and self.autoscaler.auto_mode and self.has_policy:
+                    await self._autoscale(sample)
+            finally:
+                self.sampling = False
+
+    async def _sample(self) -> StatsSample | None:
+        members = [n for n in self.nodes.values() if n.state == NodeState.READY]
+        try:
+            # A local activity: a short read, once a minute, needs no task queue round trip.
+            got = await workflow.execute_local_activity(
+                "pool_stats",
+                StatsInput(
+                    pool=self.name,
+                    nodes=members,
+                    cloudwatch=self.autoscaler.cloudwatch,
+                    interval_s=self.autoscaler.interval_s,
+                    previous=self.counters,
+                ),
+                result_type=StatsResult,
+                **options.quick(attempts=3),
+            )
+        except ActivityError:
+            workflow.logger.warning("pool %s: could not read statistics", self.name)
+            return None
+        self.counters = got.counters
+        sample = StatsSample(
+            at=workflow.now(),
+            gets=got.gets,
+            hits=got.hits,
+            misses=got.misses,
+            items=got.items,
+            bytes=got.bytes,
+            nodes=len(members),
+            seconds=self.autoscaler.interval_s,
+            cloudwatch_miss_rate=got.cloudwatch_miss_rate,
+        )
+        self.samples = [*self.samples, sample][-STATS_KEPT:]
+        return sample
+
+    async def _autoscale(self, sample: StatsSample) -> str:
+        rate = sample.cloudwatch_miss_rate
+        return await self._apply_rule(sample.miss_rate if rate is None else rate, self.autoscaler)
+
+    async def _apply_rule(self, miss_rate: float, cfg: AutoscalerConfig) -> str:
+        if self.queue:
+            # The original skips a round while the previous resize still runs.
+            return "a resize is still running: skipped"
+        size = self._projected()
+        decision = decide(
+            size,
+            miss_rate,
+            cfg,
+            self.autoscaler_state,
+            workflow.now(),
+            self.config.min_count,
+            self.config.max_count,
+        )
+        self.autoscaler_state = decision.state
+        if decision.size is None:
+            return decision.reason
+        reason = f"autoscaler: {decision.reason}"
+        if decision.size > size:
+            await self._enqueue(OperationKind.SCALE_OUT, decision.size - size, reason)
+        else:
+            await self._enqueue(OperationKind.SCALE_IN, size - decision.size, reason)
+        # The counters start over: the next reading is of the resized pool.
+        self.counters = {}
+        return reason
+
+    @workflow.update
+    def set_autoscaler(self, cfg: AutoscalerConfig) -> PoolView:
+        switched_on = cfg.auto_mode and not self.autoscaler.auto_mode
+        self.autoscaler = cfg
+        if switched_on:
+            self.sample_now = True  # switching auto_mode on evaluates at once
+        return self.view()
+
+    @set_autoscaler.validator
+    def _check_autoscaler(self, cfg: AutoscalerConfig) -> None:
+        if self.config.engine != Engine.MEMCACHED:
+            raise reject(
+                ErrorKind.CONFLICT,
+                f"pool {self.name} runs engine {self.config.engine.value}: the miss-rate "
+                "autoscaler needs engine memcached",
+            )
+
+    @workflow.update
+    async def evaluate(self, miss_rate: float) -> str:
+        """Apply the rule to this reading at once (the seed's set_test_miss_rate)."""
+        forced = self.autoscaler.model_copy(
+            update={"skip_identical": False, "consecutive": 1, "cooldown_s": 0}
+        )
+        return await self._apply_rule(miss_rate, forced)
+
+    @evaluate.validator
+    def _check_evaluate(self, miss_rate: float) -> None:
+        if not 0 <= miss_rate <= 1:
+            raise reject(ErrorKind.INVALID, f"test_miss_rate must be in [0, 1], got {miss_rate}")
+        self._check_autoscaler(self.autoscaler)
+
+    @workflow.query
+    def stats(self) -> list[StatsSample]:
+        return self.samples
 
     # ---- membership ---------------------------------------------------------
 
@@ -182,7 +320,12 @@ class PoolWorkflow:
     # ---- operations ---------------------------------------------------------
 
     async def _enqueue(
-        self, kind: OperationKind, count: int, reason: str, cache: CacheSettings | None = None
+        self,
+        kind: OperationKind,
+        count: int,
+        reason: str,
+        cache: CacheSettings | None = None,
+        req: OperationRequest | None = None,
     ) -> str:
         op_id = str(workflow.uuid4())
         delta = {OperationKind.SCALE_OUT: count, OperationKind.SCALE_IN: -count}.get(kind, 0)
@@ -194,6 +337,7 @@ class PoolWorkflow:
             OperationKind.SCALE_OUT: ScaleOutWorkflow.run,
             OperationKind.SCALE_IN: ScaleInWorkflow.run,
             OperationKind.ROLLOUT: ConfigRolloutWorkflow.run,
+            OperationKind.DATA_CLEAR: DataClearWorkflow.run,
         }[kind]
         try:
             handle = await workflow.start_child_workflow(
@@ -206,6 +350,8 @@ class PoolWorkflow:
                     config=self.config,
                     reason=reason,
                     cache=cache,
+                    clear=req.clear if req else None,
+                    nodes=self._resolve(req.nodes) if req and req.nodes else None,
                 ),
                 id=op_id,
                 memo={
@@ -271,14 +417,21 @@ class PoolWorkflow:
         # Recorded before the first await: a concurrent repeat finds it.
         self.requests[req.request_id] = ""
         try:
-            op_id = await self._enqueue(req.kind, count, req.reason, req.cache)
+            op_id = await self._enqueue(req.kind, count, req.reason, req.cache, req)
         except BaseException:
             self.requests.pop(req.request_id, None)
             raise
         self.requests[req.request_id] = op_id
         return op_id
 
+    def _resolve(self, refs: list[str]) -> list[str]:
+        """Node ids for refs that name a node by id or by address."""
+        by_address = {n.address: n.id for n in self.nodes.values() if n.address}
+        return [r if r in self.nodes else by_address[r] for r in refs]
+
     def _count(self, req: OperationRequest) -> int:
+        if req.nodes:
+            return len(req.nodes)
         if req.count is not None:
             return req.count
         if req.kind == OperationKind.SCALE_OUT:
@@ -305,6 +458,14 @@ class PoolWorkflow:
         if req.kind == OperationKind.ROLLOUT:
             self._check_rollout(req)
             return
+        if req.kind == OperationKind.DATA_CLEAR:
+            if self.config.engine != Engine.MEMCACHED:
+                raise reject(ErrorKind.CONFLICT, f"pool {self.name} holds no cache data to clear")
+            return
+        known = set(self.nodes) | {n.address for n in self.nodes.values() if n.address}
+        for ref in req.nodes or []:
+            if ref not in known:
+                raise reject(ErrorKind.INVALID, f"pool {self.name} has no node {ref!r}")
         count = self._count(req)
         projected = self._projected()
         if req.kind == OperationKind.SCALE_OUT and projected + count > cfg.max_count:
@@ -316,7 +477,7 @@ class PoolWorkflow:
         if req.kind == OperationKind.SCALE_IN:
             if projected <= 0:
                 raise reject(ErrorKind.NO_NODES, f"class {self.name} has no nodes")
-            if projected - count < cfg.min_count:
+            if projected - count < cfg.min_count and not req.ignore_min:
                 raise reject(
                     ErrorKind.BOUNDS,
                     f"scaling in class {self.name} by {count} would go below MinCount "
@@ -392,4 +553,5 @@ class PoolWorkflow:
             nodes=list(self.nodes.values()),
             queue=[q.op_id for q in self.queue],
             running=self.running,
+            autoscaler=self.autoscaler,
         )

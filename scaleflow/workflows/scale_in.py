@@ -33,8 +33,9 @@ class ScaleInWorkflow(OperationBase):
     async def run(self, inp: OperationInput) -> OperationResult:
         snapshot = await self.wait_turn()
         removed: list[str] = []
-        for _ in range(inp.count):
-            node = await self._pick(inp, snapshot.nodes, set(removed))
+        named = [n for n in snapshot.nodes if n.id in (inp.nodes or [])]
+        for i in range(inp.count):
+            node = named[i] if named else await self._pick(inp, snapshot.nodes, set(removed))
             stay = [
                 n
                 for n in snapshot.nodes

@@ -24,6 +24,7 @@ from scaleflow.core.activity_io import (
 )
 from scaleflow.core.migration_io import MigrateInput, MigrateResult, PurgeInput
 from scaleflow.core.models import ActivityReport, EventNote, Node, NodeState
+from scaleflow.core.stats_io import StatsInput, StatsResult
 
 
 @dataclass
@@ -38,6 +39,10 @@ class FakeCloud:
     ready_delay_s: float = 0.0
     drain_forever: bool = False
     load: dict[str, float] = field(default_factory=dict)
+    # Miss rates the fake nodes report, one per reading (the last repeats).
+    miss_rates: list[float] = field(default_factory=lambda: [0.5])
+    readings: int = 0
+    stats_seen: list[StatsInput] = field(default_factory=list)
     migrated: list[MigrateInput] = field(default_factory=list)
     purged: list[PurgeInput] = field(default_factory=list)
 
@@ -92,6 +97,17 @@ class FakeCloud:
                 completed=not cloud.drain_forever, remaining=int(cloud.drain_forever)
             )
 
+        @activity.defn(name="pool_stats")
+        async def pool_stats(req: StatsInput) -> StatsResult:
+            rate = cloud.miss_rates[min(cloud.readings, len(cloud.miss_rates) - 1)]
+            cloud.readings += 1
+            cloud.stats_seen.append(req)
+            gets = 10_000
+            misses = round(rate * gets)
+            return StatsResult(
+                counters={}, gets=gets, hits=gets - misses, misses=misses, items=0, bytes=0
+            )
+
         @activity.defn(name="migrate_range")
         async def migrate_range(req: MigrateInput) -> MigrateResult:
             cloud.migrated.append(req)
@@ -112,4 +128,5 @@ class FakeCloud:
             drain_node,
             migrate_range,
             purge_range,
+            pool_stats,
         ]

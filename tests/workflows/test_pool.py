@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -34,6 +35,16 @@ from scaleflow.workflows.pool import PoolWorkflow
 from tests.conftest import time_skipping_env
 from tests.workflows.fakes import FakeCloud
 
+# Pools started by a test; ended afterwards, since a pool's timers would otherwise
+# hold up time skipping for the tests after it.
+STARTED: list[WorkflowHandle] = []
+
+
+async def retire_pools() -> None:
+    while STARTED:
+        with contextlib.suppress(Exception):
+            await STARTED.pop().terminate("test finished")
+
 
 @pytest.fixture
 async def cloud(time_env: WorkflowEnvironment) -> AsyncIterator[tuple[FakeCloud, str]]:
@@ -43,6 +54,7 @@ async def cloud(time_env: WorkflowEnvironment) -> AsyncIterator[tuple[FakeCloud,
         time_env.client, task_queue=queue, workflows=WORKFLOWS, activities=fake.activities()
     ):
         yield fake, queue
+        await retire_pools()
 
 
 async def start_pool(client: Client, queue: str, **cfg: object) -> WorkflowHandle:
@@ -59,7 +71,9 @@ async def start_pool(client: Client, queue: str, **cfg: object) -> WorkflowHandl
     await client.execute_update_with_start_workflow(
         PoolWorkflow.ensure, start_workflow_operation=op
     )
-    return await op.workflow_handle()
+    handle = await op.workflow_handle()
+    STARTED.append(handle)
+    return handle
 
 
 async def submit(handle: WorkflowHandle, kind: OperationKind, rid: str | None = None) -> str:

@@ -13,7 +13,7 @@ from scaleflow.core.slots import SLOTS, SlotMap
 from scaleflow.worker import WORKFLOWS
 from scaleflow.workflows.pool import PoolWorkflow
 from tests.workflows.fakes import FakeCloud
-from tests.workflows.test_pool import settle, start_pool, submit
+from tests.workflows.test_pool import retire_pools, settle, start_pool, submit
 
 
 @pytest.fixture
@@ -24,6 +24,7 @@ async def cloud(time_env: WorkflowEnvironment) -> AsyncIterator[tuple[FakeCloud,
         time_env.client, task_queue=queue, workflows=WORKFLOWS, activities=fake.activities()
     ):
         yield fake, queue
+        await retire_pools()
 
 
 def owned_once(m: SlotMap, members: set[str]) -> None:

@@ -1,0 +1,462 @@
+"""The memcache auto-scaler (seed 001) and manager app (seed 002) surfaces.
+
+Every route works on the pool named by ``settings.default_pool_name``. Answers are the
+originals' envelopes: ``{"success": "true", "content": ...}`` and, for every error
+(validation included), ``{"success": "false", "error": {"code": n, "message": "..."}}``.
+POST bodies may be JSON or forms (urlencoded or multipart). Operations answer at once
+with their ``ID``; they are read at ``/v1/scale/status/{ID}``.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Annotated, Any, TypeVar
+
+from fastapi import APIRouter, Depends, Header, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from temporalio.client import Client, WorkflowQueryFailedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from scaleflow.api import errors
+from scaleflow.api.schemas.memcache import (
+    CacheListBody,
+    ManagerConfigBody,
+    ManualResizeBody,
+    NodeDeleteBody,
+    ScalerConfigBody,
+    ScalerThresholds,
+    TestMissRateBody,
+)
+from scaleflow.api.temporal import call_pool, get_client, get_settings, pool_handle, pool_view
+from scaleflow.core.autoscale import AutoscalerConfig, StatsSample
+from scaleflow.core.errors import ErrorKind, ScaleflowError
+from scaleflow.core.models import (
+    CacheSettings,
+    DataClearSpec,
+    Node,
+    NodeState,
+    OperationAccepted,
+    OperationKind,
+    OperationRequest,
+    PoolView,
+)
+from scaleflow.core.settings import Settings
+from scaleflow.workflows.pool import PoolWorkflow
+
+PREFIXES = ("/api/scaler", "/api/manager", "/api/poolsize")
+STATS_POINTS = 30
+THRESHOLD_FIELDS = (
+    "max_miss_rate_threshold",
+    "min_miss_rate_threshold",
+    "expand_ratio",
+    "shrink_ratio",
+)
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+MB = 1024 * 1024
+
+
+def memcache_error(status: int, message: str) -> dict[str, Any]:
+    return {"success": "false", "error": {"code": status, "message": message}}
+
+
+for _prefix in PREFIXES:
+    errors.register_format(_prefix, memcache_error)
+
+router = APIRouter(tags=["memcache"])
+ClientDep = Annotated[Client, Depends(get_client)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+RequestId = Annotated[str | None, Header(alias="X-Request-ID", max_length=200)]
+B = TypeVar("B", bound=BaseModel)
+
+
+def ok(content: Any) -> JSONResponse:
+    return JSONResponse({"success": "true", "content": content})
+
+
+# ---- bodies -----------------------------------------------------------------
+
+
+async def read_fields(request: Request) -> dict[str, Any]:
+    """The body's fields, from JSON or a form; an empty body has none."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    raw = await request.body()
+    if ctype in FORM_TYPES and not _looks_like_json(raw, ctype):
+        form = await request.form()
+        fields: dict[str, Any] = {}
+        for key in form:
+            values = form.getlist(key)
+            fields[key] = values[0] if len(values) == 1 else values
+        return fields
+    if not raw.strip():
+        return {}
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ScaleflowError(ErrorKind.INVALID, f"invalid JSON body: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ScaleflowError(
+            ErrorKind.INVALID,
+            f"body: expected a JSON object or a form, got {type(data).__name__}",
+        )
+    return data
+
+
+def _looks_like_json(raw: bytes, ctype: str) -> bool:
+    # ``curl -d '{"change": "increase"}'`` sends JSON labelled as a urlencoded form.
+    return ctype == FORM_TYPES[0] and raw.lstrip().startswith(b"{")
+
+
+def parse(model: type[B], fields: dict[str, Any]) -> B:
+    try:
+        return model.model_validate(fields)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors()) from exc
+
+
+async def body(request: Request, model: type[B]) -> B:
+    return parse(model, await read_fields(request))
+
+
+# ---- the pool ---------------------------------------------------------------
+
+
+async def view_of(client: Client, settings: Settings) -> PoolView:
+    view = await pool_view(client, settings.default_pool_name)
+    if view is None:
+        raise ScaleflowError(ErrorKind.NOT_FOUND, f"no pool named {settings.default_pool_name!r}")
+    return view
+
+
+def members(view: PoolView) -> list[Node]:
+    return sorted(view.nodes, key=lambda n: (n.created_at, n.id))
+
+
+def leaving(node: Node) -> bool:
+    return node.state in (NodeState.DRAINING, NodeState.TERMINATED)
+
+
+async def submit(client: Client, settings: Settings, req: OperationRequest) -> str:
+    """Submit an operation; crossing MaxCount/MinCount is the original's 400."""
+    try:
+        accepted: OperationAccepted = await call_pool(
+            client,
+            settings.default_pool_name,
+            PoolWorkflow.submit,
+            req,
+            missing=ErrorKind.NOT_FOUND,
+        )
+    except ScaleflowError as exc:
+        out = req.kind == OperationKind.SCALE_OUT
+        if exc.kind == ErrorKind.BOUNDS or (exc.kind == ErrorKind.NO_NODES and not out):
+            bound = "maximum" if out else "minimum"
+            raise ScaleflowError(
+                ErrorKind.INVALID, f"Pool size already reached to {bound} ({exc.message})"
+            ) from exc
+        raise
+    return accepted.id
+
+
+def request_id(header: str | None) -> str:
+    return header or str(uuid.uuid4())
+
+
+async def set_autoscaler(client: Client, settings: Settings, cfg: AutoscalerConfig) -> PoolView:
+    view: PoolView = await call_pool(
+        client,
+        settings.default_pool_name,
+        PoolWorkflow.set_autoscaler,
+        cfg,
+        missing=ErrorKind.NOT_FOUND,
+    )
+    return view
+
+
+def merged(current: AutoscalerConfig, given: dict[str, Any]) -> AutoscalerConfig:
+    """The current configuration with the given fields; checked as a whole (min < max)."""
+    return parse(AutoscalerConfig, {**current.model_dump(), **given})
+
+
+def scaler_parameters(cfg: AutoscalerConfig) -> dict[str, Any]:
+    return {f: getattr(cfg, f) for f in THRESHOLD_FIELDS}
+
+
+def node_doc(node: Node) -> dict[str, Any]:
+    return {
+        "id": node.id,
+        "address": node.address,
+        "state": node.state.value,
+        "created_at": node.created_at.isoformat(),
+    }
+
+
+# ---- the manager app (seed 002) ---------------------------------------------
+
+
+@router.get("/api/manager/pool_node_list")
+async def pool_node_list(client: ClientDep, settings: SettingsDep) -> JSONResponse:
+    """The addresses (``host:port``) of the pool's nodes, oldest first."""
+    view = await view_of(client, settings)
+    return ok({"pool_node_list": [n.address for n in members(view) if n.address]})
+
+
+@router.get("/api/manager/poolsize")
+async def poolsize(client: ClientDep, settings: SettingsDep) -> JSONResponse:
+    view = await view_of(client, settings)
+    return ok({"size": len(view.nodes)})
+
+
+@router.get("/api/manager/poolsize/config")
+async def poolsize_config(client: ClientDep, settings: SettingsDep) -> JSONResponse:
+    cfg = (await view_of(client, settings)).autoscaler
+    if not cfg.auto_mode:
+        return ok({"resize_pool_option": "manual", "resize_pool_parameters": {}})
+    return ok({"resize_pool_option": "automatic", "resize_pool_parameters": scaler_parameters(cfg)})
+
+
+@router.get("/api/manager/aggregate_stats")
+async def aggregate_stats(client: ClientDep, settings: SettingsDep) -> JSONResponse:
+    """The last 30 samples (one a minute by default), oldest first; the front is padded
+    with 0 while the pool has fewer than 30."""
+    samples = (await stats_of(client, settings))[-STATS_POINTS:]
+    pad = [0] * (STATS_POINTS - len(samples))
+    return ok(
+        {
+            "miss_rate": pad + [round(s.miss_rate, 4) for s in samples],
+            "hit_rate": pad + [round(s.hit_rate, 4) for s in samples],
+            "number_of_items_in_cache": pad + [s.items for s in samples],
+            "total_size_of_items_in_cache": pad + [round(s.bytes / MB, 3) for s in samples],
+            "number_of_requests_served_per_minute": pad
+            + [round(s.requests_per_minute, 2) for s in samples],
+        }
+    )
+
+
+async def stats_of(client: Client, settings: Settings) -> list[StatsSample]:
+    name = settings.default_pool_name
+    try:
+        samples: list[StatsSample] = await pool_handle(client, name).query(PoolWorkflow.stats)
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            raise ScaleflowError(ErrorKind.NOT_FOUND, f"no pool named {name!r}") from exc
+        raise
+    except WorkflowQueryFailedError as exc:
+        raise StarletteHTTPException(503, f"pool {name} could not answer: {exc}") from exc
+    return samples
+
+
+@router.post("/api/manager/poolsize/manual")
+async def poolsize_manual(
+    request: Request, client: ClientDep, settings: SettingsDep, rid: RequestId = None
+) -> JSONResponse:
+    """``change``: ``increase`` (a node is created, then takes its share of the slots) or
+    ``decrease`` (a node's slots move away first, then it is drained and deleted). The
+    pool runs resizes one at a time, in order. A manual resize turns ``auto_mode`` off,
+    as the original's manual option did; ``resize_pool_option`` then reads ``manual``."""
+    change = (await body(request, ManualResizeBody)).change
+    if change not in ("increase", "decrease"):
+        raise ScaleflowError(
+            ErrorKind.INVALID, f"Parameter change can only be increase or decrease (got {change!r})"
+        )
+    view = await view_of(client, settings)
+    kind = OperationKind.SCALE_OUT if change == "increase" else OperationKind.SCALE_IN
+    req = OperationRequest(kind=kind, request_id=request_id(rid), count=1, reason="manual")
+    op_id = await submit(client, settings, req)
+    if view.autoscaler.auto_mode:
+        await set_autoscaler(
+            client, settings, view.autoscaler.model_copy(update={"auto_mode": False})
+        )
+    return ok({"ID": op_id, "change": change})
+
+
+@router.post("/api/manager/poolsize/automatic")
+async def poolsize_automatic(
+    request: Request, client: ClientDep, settings: SettingsDep
+) -> JSONResponse:
+    """The auto-scaler's four parameters (a field left out keeps its value); turns
+    ``auto_mode`` on, which evaluates the rule at once."""
+    given = (await body(request, ScalerThresholds)).model_dump(exclude_none=True)
+    view = await view_of(client, settings)
+    cfg = merged(view.autoscaler, {**given, "auto_mode": True})
+    new = await set_autoscaler(client, settings, cfg)
+    return ok(
+        {
+            "resize_pool_option": "automatic",
+            "resize_pool_parameters": scaler_parameters(new.autoscaler),
+        }
+    )
+
+
+@router.post("/api/manager/config")
+async def manager_config(
+    request: Request, client: ClientDep, settings: SettingsDep, rid: RequestId = None
+) -> JSONResponse:
+    """Roll ``capacity`` (MB) and ``replacement_policy`` (``lru`` | ``none``) out to every
+    node, one node at a time, no key lost."""
+    cfg = await body(request, ManagerConfigBody)
+    req = OperationRequest(
+        kind=OperationKind.ROLLOUT,
+        request_id=request_id(rid),
+        cache=CacheSettings(capacity_mb=cfg.capacity, eviction=cfg.replacement_policy),  # type: ignore[arg-type]
+        reason="manager config",
+    )
+    op_id = await submit(client, settings, req)
+    return ok({"ID": op_id, "capacity": cfg.capacity, "replacement_policy": cfg.replacement_policy})
+
+
+async def _clear(client: Client, settings: Settings, rid: str | None, full: bool) -> JSONResponse:
+    req = OperationRequest(
+        kind=OperationKind.DATA_CLEAR,
+        request_id=request_id(rid),
+        clear=DataClearSpec(s3=full, rds=full),
+        reason="data clear" if full else "cache clear",
+    )
+    return ok({"ID": await submit(client, settings, req)})
+
+
+@router.delete("/api/manager/cache/clear")
+async def cache_clear(client: ClientDep, settings: SettingsDep, rid: RequestId = None) -> Any:
+    """Empty every cache node (``flush_all``)."""
+    return await _clear(client, settings, rid, full=False)
+
+
+@router.delete("/api/manager/data/clear")
+async def data_clear(client: ClientDep, settings: SettingsDep, rid: RequestId = None) -> Any:
+    """Empty every cache node, the S3 bucket and the RDS tables."""
+    return await _clear(client, settings, rid, full=True)
+
+
+# ---- the auto-scaler (seed 001) ---------------------------------------------
+
+HOME = """<!doctype html>
+<html><head><meta charset="utf-8"><title>scaleflow auto-scaler</title></head>
+<body><h1>scaleflow auto-scaler</h1>
+<p>Pool <code>{pool}</code>. <a href="/dashboard">Dashboard</a> &middot;
+<a href="/api/scaler/list">nodes</a> &middot;
+<a href="/api/manager/aggregate_stats">statistics</a></p></body></html>
+"""
+
+
+@router.get("/api/scaler/", response_class=HTMLResponse)
+async def scaler_home(settings: SettingsDep) -> HTMLResponse:
+    return HTMLResponse(HOME.format(pool=settings.default_pool_name))
+
+
+@router.post("/api/scaler/config")
+async def scaler_config(request: Request, client: ClientDep, settings: SettingsDep) -> JSONResponse:
+    """The auto-scaler's configuration; a field left out keeps its value. Switching
+    ``auto_mode`` on evaluates the rule at once."""
+    given = (await body(request, ScalerConfigBody)).model_dump(exclude_none=True)
+    view = await view_of(client, settings)
+    new = await set_autoscaler(client, settings, merged(view.autoscaler, given))
+    return ok(new.autoscaler.model_dump())
+
+
+@router.post("/api/scaler/terminate_all")
+async def terminate_all(client: ClientDep, settings: SettingsDep, rid: RequestId = None) -> Any:
+    """Scale in every node, MinCount notwithstanding; the pool then tops itself up to
+    MinCount with new nodes."""
+    view = await view_of(client, settings)
+    ids = [n.id for n in members(view) if not leaving(n)]
+    if not ids:
+        raise ScaleflowError(ErrorKind.INVALID, f"pool {view.name} has no nodes to terminate")
+    req = OperationRequest(
+        kind=OperationKind.SCALE_IN,
+        request_id=request_id(rid),
+        nodes=ids,
+        ignore_min=True,
+        reason="terminate_all",
+    )
+    return ok({"ID": await submit(client, settings, req), "nodes": ids})
+
+
+@router.api_route("/api/scaler/list", methods=["GET", "POST"])
+async def scaler_list(client: ClientDep, settings: SettingsDep) -> JSONResponse:
+    view = await view_of(client, settings)
+    return ok([node_doc(n) for n in members(view)])
+
+
+@router.post("/api/scaler/set_test_miss_rate")
+async def set_test_miss_rate(
+    request: Request, client: ClientDep, settings: SettingsDep
+) -> JSONResponse:
+    """Apply the rule to this miss rate at once (resizing if it says so)."""
+    rate = (await body(request, TestMissRateBody)).test_miss_rate
+    reason: str = await call_pool(
+        client,
+        settings.default_pool_name,
+        PoolWorkflow.evaluate,
+        rate,
+        missing=ErrorKind.NOT_FOUND,
+    )
+    return ok({"test_miss_rate": rate, "result": reason})
+
+
+@router.get("/api/scaler/cache_list")
+async def read_cache_list(client: ClientDep, settings: SettingsDep) -> JSONResponse:
+    view = await view_of(client, settings)
+    return ok({"cache_pool_ids": [n.id for n in members(view)]})
+
+
+@router.post("/api/scaler/cache_list")
+async def write_cache_list(
+    request: Request, client: ClientDep, settings: SettingsDep, rid: RequestId = None
+) -> JSONResponse:
+    """``cache_pool_ids``: the nodes to keep (ids, or addresses); the others are
+    scaled in, their slots moved away first."""
+    keep_refs = (await body(request, CacheListBody)).cache_pool_ids
+    view = await view_of(client, settings)
+    nodes = members(view)
+    by_ref = {n.id: n.id for n in nodes} | {n.address: n.id for n in nodes if n.address}
+    unknown = [r for r in keep_refs if r not in by_ref]
+    if unknown:
+        raise ScaleflowError(
+            ErrorKind.INVALID,
+            f"cache_pool_ids: pool {view.name} has no node {', '.join(map(repr, unknown))} "
+            f"(its nodes: {', '.join(n.id for n in nodes) or 'none'})",
+        )
+    keep = {by_ref[r] for r in keep_refs}
+    remove = [n.id for n in nodes if n.id not in keep and not leaving(n)]
+    if not remove:
+        return ok({"ID": None, "removed": []})
+    req = OperationRequest(
+        kind=OperationKind.SCALE_IN, request_id=request_id(rid), nodes=remove, reason="cache_list"
+    )
+    return ok({"ID": await submit(client, settings, req), "removed": remove})
+
+
+@router.post("/api/poolsize/change")
+async def delete_node(
+    request: Request, client: ClientDep, settings: SettingsDep, rid: RequestId = None
+) -> JSONResponse:
+    """``cache_ip``: the node to delete (``host:port``, a host only one node has, or an
+    id); its slots move away, then it is drained and terminated."""
+    ref = (await body(request, NodeDeleteBody)).cache_ip.strip()
+    view = await view_of(client, settings)
+    nodes = [n for n in members(view) if not leaving(n)]
+    found = [n for n in nodes if ref in (n.id, n.address)]
+    if not found:
+        found = [n for n in nodes if n.address and n.address.rsplit(":", 1)[0] == ref]
+    if not found:
+        known = ", ".join(n.address or n.id for n in nodes) or "none"
+        raise ScaleflowError(
+            ErrorKind.INVALID,
+            f"cache_ip: pool {view.name} has no node at {ref!r} (its nodes: {known})",
+        )
+    if len(found) > 1:
+        raise ScaleflowError(
+            ErrorKind.INVALID,
+            f"cache_ip: {ref!r} matches {len(found)} nodes "
+            f"({', '.join(str(n.address) for n in found)}): give host:port",
+        )
+    node = found[0]
+    req = OperationRequest(
+        kind=OperationKind.SCALE_IN,
+        request_id=request_id(rid),
+        nodes=[node.id],
+        reason="poolsize change",
+    )
+    return ok({"ID": await submit(client, settings, req), "node": node_doc(node)})

@@ -1,0 +1,69 @@
+"""The miss-rate autoscaler on the time-skipping server: a simulated day of
+minute-by-minute readings against a scripted curve."""
+
+from __future__ import annotations
+
+import math
+from datetime import timedelta
+
+from temporalio.worker import Worker
+
+from scaleflow.core.autoscale import AutoscalerConfig
+from scaleflow.worker import WORKFLOWS
+from scaleflow.workflows.pool import PoolWorkflow
+from tests.conftest import time_skipping_env
+from tests.workflows.fakes import FakeCloud
+from tests.workflows.test_pool import settle, start_pool
+
+MINUTES = 24 * 60
+
+
+def curve(i: int) -> float:
+    """A miss rate that swings across both thresholds a few times a day."""
+    return round(0.5 + 0.35 * math.sin(2 * math.pi * i / 240) + 0.05 * math.sin(i / 7), 3)
+
+
+def oracle(rates: list[float], size: int, low: int, high: int) -> list[int]:
+    """The seed's rule, written out independently: the size before each reading."""
+    sizes, previous = [], None
+    for rate in rates:
+        sizes.append(size)
+        if previous is not None and rate == previous:
+            previous = None  # an identical reading skips one round
+            continue
+        previous = rate
+        if rate > 0.6:
+            size = max(low, min(high, round(size * 1.5)))
+        elif rate < 0.4:
+            size = max(low, min(high, round(size * 0.5)))
+    sizes.append(size)
+    return sizes
+
+
+async def test_a_day_of_autoscaling_follows_the_rule() -> None:
+    rates = [curve(i) for i in range(MINUTES)]
+    async with await time_skipping_env() as env:
+        fake = FakeCloud(miss_rates=rates)
+        async with Worker(
+            env.client, task_queue="day", workflows=WORKFLOWS, activities=fake.activities()
+        ):
+            pool = await start_pool(env.client, "day", min_count=1, max_count=8, provider="no-op")
+            await settle(pool, env.client, 1)
+            fake.readings = 0
+            await pool.execute_update(
+                PoolWorkflow.set_autoscaler, AutoscalerConfig(auto_mode=True, interval_s=60)
+            )
+            for _ in range(MINUTES // 60):
+                # An hour at a time: one skip of a whole day outlasts the RPC's timeout.
+                await env.sleep(timedelta(hours=1))
+            readings = fake.readings
+            expected = oracle(rates[:readings], 1, 1, 8)
+            observed = [len(s.nodes) for s in fake.stats_seen[-readings:]]
+            view = await settle(pool, env.client, expected[-1])
+            await pool.terminate("test finished")
+    # Each continue-as-new starts the minute's timer again, delaying one reading.
+    assert readings >= MINUTES - 5
+    assert observed == expected[:readings]
+    assert all(1 <= n <= 8 for n in observed)
+    assert len(set(observed)) >= 4, "the curve drove the pool through several sizes"
+    assert view.autoscaler.auto_mode
