@@ -7,7 +7,7 @@ import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Header, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -73,7 +73,8 @@ async def list_events(events: EventsDep, pool: str | None = None) -> Any:
     # Genisys operations are filed under "service/<name>".
     if pool is not None and not valid_name(pool.removeprefix("service/")):
         raise ScaleflowError(ErrorKind.INVALID, f"invalid pool name {pool!r}")
-    return await events.recent(pool)
+    body = await events.recent_json(pool)
+    return Response(content=body, media_type="application/json")
 
 
 @router.get("/v1/scale/status/{op_id}", response_model=ScalingEvent)
