@@ -22,6 +22,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter  # noqa: E402
 from temporalio.testing import WorkflowEnvironment  # noqa: E402
 
 from scaleflow.activities.providers.local import LocalProvider  # noqa: E402
+from scaleflow.devserver import DEV_SERVER_EXTRA_ARGS  # noqa: E402
 from scaleflow.workflows import attributes  # noqa: E402
 from tests.e2e.stack import Stack, stack, stack_settings  # noqa: E402
 from tests.servers import memcached, temporal_cli  # noqa: E402
@@ -35,6 +36,7 @@ async def dev_server() -> AsyncIterator[WorkflowEnvironment]:
         data_converter=pydantic_data_converter,
         search_attributes=attributes.ALL,
         dev_server_log_level="error",
+        dev_server_extra_args=DEV_SERVER_EXTRA_ARGS,
     )
     try:
         yield env

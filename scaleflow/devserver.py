@@ -37,6 +37,9 @@ def dev_server_args(settings: Settings) -> list[str]:
         settings.temporal_namespace,
         "--log-level",
         "warn",
+        # Activities a workflow task schedules go straight back to the same worker.
+        "--dynamic-config-value",
+        "system.enableActivityEagerExecution=true",
     ]
     for key in attributes.ALL:
         args += ["--search-attribute", f"{key.name}=Keyword"]
@@ -47,3 +50,7 @@ def start_dev_server(settings: Settings) -> subprocess.Popen[bytes]:
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     log = (settings.state_dir / "temporal.log").open("ab")
     return subprocess.Popen(dev_server_args(settings), stdout=log, stderr=log)
+
+
+# The same server options, for dev servers started through the SDK (tests, benchmarks).
+DEV_SERVER_EXTRA_ARGS = ["--dynamic-config-value", "system.enableActivityEagerExecution=true"]

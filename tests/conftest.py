@@ -12,6 +12,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from scaleflow.core.settings import Settings
+from scaleflow.devserver import DEV_SERVER_EXTRA_ARGS
 from scaleflow.workflows import attributes
 from tests.servers import memcached, temporal_cli, temporal_test_server
 
@@ -50,6 +51,7 @@ async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
         data_converter=pydantic_data_converter,
         search_attributes=attributes.ALL,
         dev_server_log_level="error",
+        dev_server_extra_args=DEV_SERVER_EXTRA_ARGS,
     )
     yield env
     await env.shutdown()

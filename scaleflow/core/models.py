@@ -184,6 +184,8 @@ class OperationInput(BaseModel):
     cache: CacheSettings | None = None
     clear: DataClearSpec | None = None
     nodes: list[str] | None = None
+    # Given when the pool was idle at acceptance: the operation may start at once.
+    snapshot: PoolSnapshot | None = None
 
 
 class PoolSnapshot(BaseModel):
@@ -203,6 +205,8 @@ class NodeChange(BaseModel):
 
     op_id: str
     node: Node
+    # The slot map with the node in it, in the same signal (one round trip, not two).
+    slot_map: SlotMap | None = None
 
 
 class PolicyChange(BaseModel):
@@ -254,3 +258,6 @@ class ScalingEvent(BaseModel):
     status: OperationStatus = Field(alias="Status")
     provider: str = Field(alias="Provider")
     provider_cfg: dict[str, str] = Field(alias="ProviderCfg")
+
+
+OperationInput.model_rebuild()

@@ -35,7 +35,7 @@ class DataClearWorkflow(OperationBase):
     @workflow.run
     async def run(self, inp: OperationInput) -> OperationResult:
         spec = inp.clear or DataClearSpec()
-        snapshot = await self.wait_turn()
+        snapshot = await self.wait_turn(inp)
         nodes = [n for n in snapshot.nodes if n.state == NodeState.READY and n.address]
         await workflow.execute_activity(
             "flush_cache",

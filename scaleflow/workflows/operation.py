@@ -38,7 +38,9 @@ class OperationBase:
         if slot_map.epoch > self.map.epoch:
             self.map = slot_map
 
-    async def wait_turn(self) -> PoolSnapshot:
+    async def wait_turn(self, inp: OperationInput | None = None) -> PoolSnapshot:
+        if inp is not None and inp.snapshot is not None and self._snapshot is None:
+            self._snapshot = inp.snapshot  # accepted by an idle pool: no need to wait
         await workflow.wait_condition(lambda: self._snapshot is not None)
         assert self._snapshot is not None
         self.map = self._snapshot.slot_map
@@ -48,12 +50,27 @@ class OperationBase:
         parent = workflow.info().parent
         return parent.workflow_id if parent else None
 
-    async def report(self, op_id: str, node: Node) -> None:
+    async def report(self, op_id: str, node: Node, slot_map: SlotMap | None = None) -> None:
+        if slot_map is not None:
+            self.map = slot_map
         pool = self.pool_id()
         if pool is None:
             return  # run on its own (tests, tools): there is no pool to tell
         handle = workflow.get_external_workflow_handle(pool)
-        await handle.signal("node_changed", NodeChange(op_id=op_id, node=node))
+        await handle.signal("node_changed", NodeChange(op_id=op_id, node=node, slot_map=slot_map))
+
+    def joined_map(self, members: list[Node]) -> SlotMap | None:
+        """The map once ``members`` are in it: every slot to them if there is no map
+        yet, else the same ranges with their addresses known (moves come after)."""
+        addresses = {n.id: n.address or "" for n in members}
+        if not members:
+            return None
+        if not self.map.ranges:
+            return initial_map([n.id for n in members], addresses, epoch=self.map.epoch + 1)
+        known = {**self.map.addresses, **addresses}
+        if known == self.map.addresses:
+            return None
+        return self.map.model_copy(update={"epoch": self.map.epoch + 1, "addresses": known})
 
     async def set_map(self, slot_map: SlotMap) -> None:
         self.map = slot_map

@@ -61,6 +61,8 @@ class Queued:
     reason: str
     # Nodes still to add (> 0) or remove (< 0); falls as the operation reports.
     remaining: int
+    # Started with its snapshot (the pool was idle): it needs no go signal.
+    given: bool = False
 
 
 @workflow.defn
@@ -84,6 +86,7 @@ class PoolWorkflow:
         self.counters = dict(init.counters)
         self.sample_now = False
         self.sampling = False
+        self.syncing = False
 
     @property
     def name(self) -> str:
@@ -275,6 +278,13 @@ class PoolWorkflow:
 
     async def _sync(self) -> None:
         self.sync_needed = False
+        self.syncing = True
+        try:
+            await self._sync_members()
+        finally:
+            self.syncing = False
+
+    async def _sync_members(self) -> None:
         try:
             found = await workflow.execute_activity(
                 "list_pool_nodes",
@@ -306,6 +316,8 @@ class PoolWorkflow:
 
     @workflow.signal
     def node_changed(self, change: NodeChange) -> None:
+        if change.slot_map is not None:
+            self.slot_map_changed(change.slot_map)
         node = change.node
         entry = next((q for q in self.queue if q.op_id == change.op_id), None)
         if node.state == NodeState.TERMINATED:
@@ -329,7 +341,8 @@ class PoolWorkflow:
     ) -> str:
         op_id = str(workflow.uuid4())
         delta = {OperationKind.SCALE_OUT: count, OperationKind.SCALE_IN: -count}.get(kind, 0)
-        entry = Queued(op_id, kind, reason, delta)
+        idle = not self.queue and self.running is None and not self.syncing
+        entry = Queued(op_id, kind, reason, delta, given=idle)
         # Queued before the await, so the order is the order of acceptance.
         self.queue.append(entry)
         direction = DIRECTIONS[kind]
@@ -352,6 +365,7 @@ class PoolWorkflow:
                     cache=cache,
                     clear=req.clear if req else None,
                     nodes=self._resolve(req.nodes) if req and req.nodes else None,
+                    snapshot=self._snapshot() if idle else None,
                 ),
                 id=op_id,
                 memo={
@@ -383,11 +397,11 @@ class PoolWorkflow:
         self.running = entry.op_id
         ok = True
         try:
-            try:
-                snapshot = PoolSnapshot(nodes=list(self.nodes.values()), slot_map=self.slot_map)
-                await handle.signal(OperationBase.go, snapshot)
-            except Exception:
-                pass  # closed while queued (cancelled): waiting on it below just ends
+            # A child closed while queued (cancelled) cannot take the signal; waiting on
+            # it below just ends.
+            if not entry.given:
+                with contextlib.suppress(Exception):
+                    await handle.signal(OperationBase.go, self._snapshot())
             try:
                 await handle
             except ChildWorkflowError:
@@ -423,6 +437,9 @@ class PoolWorkflow:
             raise
         self.requests[req.request_id] = op_id
         return op_id
+
+    def _snapshot(self) -> PoolSnapshot:
+        return PoolSnapshot(nodes=list(self.nodes.values()), slot_map=self.slot_map)
 
     def _resolve(self, refs: list[str]) -> list[str]:
         """Node ids for refs that name a node by id or by address."""

@@ -36,7 +36,7 @@ class ConfigRolloutWorkflow(OperationBase):
     @workflow.run
     async def run(self, inp: OperationInput) -> OperationResult:
         assert inp.cache is not None
-        snapshot = await self.wait_turn()
+        snapshot = await self.wait_turn(inp)
         config = inp.config.model_copy(
             update={"capacity_mb": inp.cache.capacity_mb, "eviction": inp.cache.eviction}
         )

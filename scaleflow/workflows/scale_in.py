@@ -25,13 +25,14 @@ with workflow.unsafe.imports_passed_through():
         Selector,
     )
     from scaleflow.core.selection import candidates, select_node
+    from scaleflow.core.slots import SlotMap
 
 
 @workflow.defn
 class ScaleInWorkflow(OperationBase):
     @workflow.run
     async def run(self, inp: OperationInput) -> OperationResult:
-        snapshot = await self.wait_turn()
+        snapshot = await self.wait_turn(inp)
         removed: list[str] = []
         named = [n for n in snapshot.nodes if n.id in (inp.nodes or [])]
         for i in range(inp.count):
@@ -72,10 +73,14 @@ class ScaleInWorkflow(OperationBase):
         await self.report(inp.op_id, draining)
         try:
             if inp.config.engine == Engine.MEMCACHED and self.map.ranges:
-                # Its slots (and keys) move away first; the node is dropped from the
-                # map, so clients close their connections and the drain can end.
-                await self.rebalance(inp, stay, purge=False)
-                await self.forget([node.id])
+                if stay:
+                    # Its slots (and keys) move away first; the node is dropped from the
+                    # map, so clients close their connections and the drain can end.
+                    await self.rebalance(inp, stay, purge=False)
+                    await self.forget([node.id])
+                else:
+                    # The last node (terminate_all): the pool's cache goes with it.
+                    await self.set_map(SlotMap(epoch=self.map.epoch + 1))
             await self.drain(inp, draining)
         except BaseException:
             await self.report(inp.op_id, node.model_copy(update={"state": NodeState.READY}))

@@ -27,7 +27,7 @@ with workflow.unsafe.imports_passed_through():
 class ScaleOutWorkflow(OperationBase):
     @workflow.run
     async def run(self, inp: OperationInput) -> OperationResult:
-        snapshot = await self.wait_turn()
+        snapshot = await self.wait_turn(inp)
         members = [n for n in snapshot.nodes if n.state == NodeState.READY]
         known = [n.provider_ref for n in snapshot.nodes if n.provider_ref]
         # Every node id this run asked for, made or not: compensation covers them all.
@@ -54,9 +54,11 @@ class ScaleOutWorkflow(OperationBase):
                     **options.long_running(600, attempts=3),
                 )
                 ready.append(up.node)
-            for node in ready:
-                await self.report(inp.op_id, node)
-            if inp.config.engine == Engine.MEMCACHED:
+            slotted = inp.config.engine == Engine.MEMCACHED
+            joined = self.joined_map([*members, *ready]) if slotted else None
+            for i, node in enumerate(ready):
+                await self.report(inp.op_id, node, joined if i == len(ready) - 1 else None)
+            if slotted:
                 await self.rebalance(inp, [*members, *ready], purge=True)
             return OperationResult(added=ready)
         except BaseException:
