@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format bench deps system-deps clean
+.PHONY: run test lint format bench deps test-deps system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,10 +19,13 @@ deps: $(STAMP) system-deps
 system-deps:
 	@scripts/install-system-deps.sh
 
+test-deps: $(STAMP)
+	@scripts/install-system-deps.sh --with-browser
+
 run: deps
 	$(BIN)/scaleflow dev
 
-test: deps
+test: test-deps
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -q -p no:cacheprovider

@@ -5,7 +5,10 @@ set -euo pipefail
 
 need=()
 command -v memcached >/dev/null 2>&1 || need+=(memcached)
-command -v chromium >/dev/null 2>&1 || need+=(chromium)
+# Only the test suite needs a browser (the dashboard test): `--with-browser`.
+if [ "${1:-}" = "--with-browser" ]; then
+  command -v chromium >/dev/null 2>&1 || need+=(chromium)
+fi
 
 [ ${#need[@]} -eq 0 ] && exit 0
 

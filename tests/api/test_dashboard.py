@@ -38,7 +38,8 @@ TOP = 10.0
 def chromium() -> str:
     """Debian's chromium; the project's system set-up installs it when missing."""
     if shutil.which("chromium") is None:
-        subprocess.run([str(ROOT / "scripts" / "install-system-deps.sh")], check=True, timeout=1800)
+        script = str(ROOT / "scripts" / "install-system-deps.sh")
+        subprocess.run([script, "--with-browser"], check=True, timeout=1800)
     found = shutil.which("chromium")
     assert found, "scripts/install-system-deps.sh did not install chromium"
     return found
