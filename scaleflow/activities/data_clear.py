@@ -7,6 +7,7 @@ is not configured, the step says so in its event instead of pretending.
 from __future__ import annotations
 
 import contextvars
+import logging
 import threading
 from collections.abc import Iterator
 from types import TracebackType
@@ -59,6 +60,9 @@ S3_TRANSIENT = {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailab
 S3_MISSING = {"NoSuchBucket", "404", "NotFound"}
 
 
+log = logging.getLogger(__name__)
+
+
 class Ticker:
     """Heartbeats once a second with the newest progress while blocking calls run.
 
@@ -81,7 +85,12 @@ class Ticker:
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
-            activity.heartbeat(*self.details)
+            try:
+                activity.heartbeat(*self.details)
+            except Exception:
+                # A tick that cannot be delivered (the activity is ending, or the worker
+                # is busy) is dropped; the next one, or the activity's result, follows.
+                log.debug("heartbeat tick dropped", exc_info=True)
 
     def __enter__(self) -> Ticker:
         if activity.in_activity():
