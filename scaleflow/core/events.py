@@ -15,6 +15,7 @@ MSG_STARTED = "scaling activity has started"
 MSG_SUCCESS = "scaling activity has successfully completed"
 MSG_FAILURE = "scaling activity has reached terminal failure"
 MSG_CANCELLED = "scaling activity has been cancelled"
+LOCAL_ACTIVITY_MARKER = "core_local_activity"
 
 _CLOSED_STATUS = {
     EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED: ("success", MSG_SUCCESS),
@@ -117,6 +118,24 @@ def _items(
                     str(note.get("message", "")),
                     str(note.get("source") or CONTROL_SOURCE),
                 )
+        elif et == EventType.EVENT_TYPE_MARKER_RECORDED:
+            # A local activity's result is recorded as a marker; its payloads hold the
+            # result among the marker's details.
+            attrs = ev.marker_recorded_event_attributes
+            if attrs.marker_name != LOCAL_ACTIVITY_MARKER:
+                continue
+            if attrs.HasField("failure"):
+                add(ts, _root_message(attrs.failure), _failure_source(converter, attrs.failure))
+                continue
+            for detail in attrs.details.values():
+                for value in _decode(converter, detail.payloads):
+                    if isinstance(value, dict) and isinstance(value.get("events"), list):
+                        for note in value["events"]:
+                            add(
+                                int(note.get("at_ns") or ts),
+                                str(note.get("message", "")),
+                                str(note.get("source") or CONTROL_SOURCE),
+                            )
         elif et == EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED:
             failure = ev.activity_task_failed_event_attributes.failure
             add(ts, _root_message(failure), _failure_source(converter, failure))

@@ -47,3 +47,12 @@ def long_running(seconds: float, attempts: int = 0) -> dict[str, Any]:
             maximum_interval=timedelta(seconds=5), maximum_attempts=attempts
         ),
     }
+
+
+def local() -> dict[str, Any]:
+    """A short local activity; waited out on cancel, like provision."""
+    return {
+        "start_to_close_timeout": timedelta(seconds=8),
+        "retry_policy": RetryPolicy(maximum_interval=timedelta(seconds=5), maximum_attempts=10),
+        "cancellation_type": ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+    }

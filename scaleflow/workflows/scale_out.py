@@ -20,6 +20,7 @@ with workflow.unsafe.imports_passed_through():
         NodeState,
         OperationInput,
         OperationResult,
+        ProviderName,
     )
 
 
@@ -37,23 +38,32 @@ class ScaleOutWorkflow(OperationBase):
             for _ in range(inp.count):
                 node_id = str(workflow.uuid4())
                 attempted[node_id] = None
-                made = await workflow.execute_activity(
-                    "provision_node",
-                    ProvisionInput(
-                        pool=inp.pool, node_id=node_id, config=inp.config, known_refs=known
-                    ),
-                    result_type=ProvisionResult,
-                    **options.provision(),
+                req = ProvisionInput(
+                    pool=inp.pool, node_id=node_id, config=inp.config, known_refs=known
                 )
+                if inp.config.provider == ProviderName.LOCAL:
+                    # Starting a local process takes milliseconds and is idempotent on
+                    # the node id: a local activity saves a task-queue round trip.
+                    made = await workflow.execute_local_activity(
+                        "provision_node", req, result_type=ProvisionResult, **options.local()
+                    )
+                else:
+                    made = await workflow.execute_activity(
+                        "provision_node", req, result_type=ProvisionResult, **options.provision()
+                    )
                 attempted[node_id] = made.node
                 known.append(made.node.provider_ref)
-                up = await workflow.execute_activity(
-                    "node_ready",
-                    ReadyInput(node=made.node, config=inp.config, timeout_s=600),
-                    result_type=ReadyResult,
-                    **options.long_running(600, attempts=3),
-                )
-                ready.append(up.node)
+                node = made.node
+                if node.state != NodeState.READY:
+                    # Not yet seen answering (a slow boot, a cloud instance): wait for it.
+                    up = await workflow.execute_activity(
+                        "node_ready",
+                        ReadyInput(node=made.node, config=inp.config, timeout_s=600),
+                        result_type=ReadyResult,
+                        **options.long_running(600, attempts=3),
+                    )
+                    node = up.node
+                ready.append(node)
             slotted = inp.config.engine == Engine.MEMCACHED
             joined = self.joined_map([*members, *ready]) if slotted else None
             for i, node in enumerate(ready):

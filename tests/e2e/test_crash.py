@@ -40,8 +40,9 @@ async def test_worker_killed_during_scale_out(
     dev_env: WorkflowEnvironment, tmp_path: Path, workers: list[WorkerProcess]
 ) -> None:
     settings = stack_settings(tmp_path, dev_env.client)
-    # The new node takes 2 s to boot, so the kill lands while the operation waits on it.
-    settings.memcached_bin = slow_memcached(tmp_path, 2)
+    # The new node takes 4 s to boot (longer than the provider's own 2 s wait), so the
+    # kill lands while the operation's readiness step waits on it.
+    settings.memcached_bin = slow_memcached(tmp_path, 4)
     async with stack(settings, dev_env.client, worker=False) as st:
         name = st.pool_name()
         first = start_worker(settings, workers)

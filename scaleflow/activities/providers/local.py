@@ -106,16 +106,17 @@ class LocalProvider:
                 return rec.pid
         return processes.find_listening(self.bin, rec.host, rec.port)
 
-    def start(self, rec: LocalNodeRecord, attempts: int = 3) -> LocalNodeRecord:
-        """Start the record's process; a port taken meanwhile moves it to a new one."""
+    def start(self, rec: LocalNodeRecord, attempts: int = 3) -> tuple[LocalNodeRecord, bool]:
+        """Start the record's process; a port taken meanwhile moves it to a new one.
+        Also says whether the process was seen listening."""
         for _ in range(attempts):
             pid = processes.spawn(self._args(rec), self.dir / "logs" / f"{rec.node_id}.log")
             rec = rec.model_copy(update={"pid": pid})
             self._save(rec)
             if processes.wait_listening(rec.host, rec.port, pid, timeout_s=2.0):
-                return rec
+                return rec, True
             if processes.is_running(pid):
-                return rec  # slow to boot: the readiness step waits for it
+                return rec, False  # slow to boot: the readiness step waits for it
             rec = rec.model_copy(update={"port": processes.free_port(rec.host), "pid": None})
             self._save(rec)
         raise retryable(f"memcached for node {rec.node_id} exited at start", SOURCE)
@@ -146,12 +147,15 @@ class LocalProvider:
                 created_at=datetime.now(UTC),
             )
             self._save(rec)
-        rec = self.start(rec)
+        rec, listening = self.start(rec)
+        # Seen listening on its own pid: ready, no separate readiness step needed.
+        state = NodeState.READY if listening else NodeState.PROVISIONING
+        seen = "; it is listening" if listening else "; waiting for it to listen"
         return ProvisionResult(
-            node=self._node(rec, NodeState.PROVISIONING),
+            node=self._node(rec, state),
             events=[
                 note(
-                    f"started memcached node {rec.node_id} at {rec.address} (pid {rec.pid})",
+                    f"started memcached node {rec.node_id} at {rec.address} (pid {rec.pid}){seen}",
                     SOURCE,
                 )
             ],
