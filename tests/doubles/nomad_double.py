@@ -20,7 +20,6 @@ Start it with ``start_nomad_double()`` (returns ``(double, base_url)``; call
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 import uuid
@@ -30,9 +29,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import uvicorn
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
+
+from tests.servers import ThreadedServer
 
 INSTANCE_ID_ATTR = "unique.platform.aws.instance-id"
 LIVE = frozenset({"pending", "running"})
@@ -167,8 +167,7 @@ class NomadApiDouble:
         self._index = 1
         self._failures: list[tuple[int, str]] = []
         self._timers: list[threading.Timer] = []
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._http: ThreadedServer | None = None
         self.app = self._build_app()
 
     # ---- what tests call ------------------------------------------------------
@@ -280,30 +279,14 @@ class NomadApiDouble:
     # ---- serving --------------------------------------------------------------
 
     def start(self) -> str:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        config = uvicorn.Config(self.app, log_level="warning", lifespan="off", access_log=False)
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [sock]}, daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("nomad double did not start")
-            time.sleep(0.01)
-        return f"http://127.0.0.1:{port}"
+        self._http = ThreadedServer(self.app, "nomad double")
+        return self._http.start()
 
     def stop(self) -> None:
         for timer in self._timers:
             timer.cancel()
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        if self._http is not None:
+            self._http.stop()
 
     # ---- the simulation ---------------------------------------------------------
 

@@ -13,16 +13,14 @@ Errors are ``{"message": ...}``: 404 unknown service, 409 kill with none running
 
 from __future__ import annotations
 
-import socket
 import threading
-import time
 from typing import Any
 
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from scaleflow.activities.processes import free_port
+from tests.servers import ThreadedServer
 
 
 class StubConnector:
@@ -32,8 +30,7 @@ class StubConnector:
         self.requests: list[tuple[str, str]] = []
         self.lock = threading.Lock()
         self.port = 0
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._http: ThreadedServer | None = None
         self.app = self._build()
 
     @property
@@ -42,27 +39,13 @@ class StubConnector:
 
     def start(self, port: int | None = None) -> str:
         self.port = port or free_port()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", self.port))
-        config = uvicorn.Config(self.app, log_level="warning", lifespan="off", access_log=False)
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [sock]}, daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("the stub connector did not start")
-            time.sleep(0.01)
+        self._http = ThreadedServer(self.app, "the stub connector")
+        self._http.start(self.port)
         return self.url
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        if self._http is not None:
+            self._http.stop()
 
     def paths(self) -> list[str]:
         with self.lock:

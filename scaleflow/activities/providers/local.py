@@ -7,7 +7,6 @@ port again and adopts the process instead of starting a second one.
 
 from __future__ import annotations
 
-import json
 import os
 from datetime import UTC, datetime
 from pathlib import Path
@@ -199,7 +198,3 @@ class LocalProvider:
                 self.start(rec.model_copy(update={"pid": None}))
                 revived.append(rec.node_id)
         return revived
-
-
-def describe_records(provider: LocalProvider) -> str:
-    return json.dumps([r.model_dump(mode="json") for r in provider.records()])
