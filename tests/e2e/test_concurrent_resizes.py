@@ -32,10 +32,14 @@ async def test_fifty_concurrent_resizes(dev_env: WorkflowEnvironment, tmp_path: 
         assert all(r.status_code in (412, 422) for r in refused), [r.text for r in refused]
         assert accepted, "some requests were accepted"
 
-        # A repeat of an accepted request id is answered with the first operation.
-        again = await st.http.post(f"/v1/scale/out/{name}", headers={"X-Request-ID": "r0"})
-        if resps[0].status_code == 201:
-            assert again.json()["ID"] == resps[0].json()["ID"]
+        # A repeat of an accepted request id is answered with its first operation.
+        # (A refused request's id is not reserved: repeating it is a new request.)
+        first = next(i for i, r in enumerate(resps) if r.status_code == 201)
+        again = await st.http.post(
+            f"/v1/scale/{kinds[first]}/{name}", headers={"X-Request-ID": f"r{first}"}
+        )
+        assert again.status_code == 201
+        assert again.json()["ID"] == resps[first].json()["ID"]
 
         # The order the pool accepted them: its own history's child-start commands.
         pool_events = [
