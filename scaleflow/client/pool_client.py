@@ -18,6 +18,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
+import httpx
 from pymemcache.client.base import Client
 
 from scaleflow.client.sources import HttpSlotMapSource, SlotMapSource
@@ -62,7 +63,15 @@ class PoolClient:
 
     def _fresh(self) -> None:
         if time.monotonic() - self._checked >= self.refresh_s:
-            self.refresh()
+            try:
+                self.refresh()
+            except (httpx.HTTPError, OSError):
+                # A periodic refresh that fails keeps the current map and the next one
+                # retries, rather than failing the cache call; while the API stays
+                # unreachable the map can age past a migration's grace period.
+                self._checked = time.monotonic()
+                if not self.map.ranges:
+                    raise
 
     def _client(self, node: str) -> Client:
         address = self.map.addresses[node]
