@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.workflowservice.v1 import DeleteWorkflowExecutionRequest
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
 from scaleflow.core.genisys import REGISTRY_ID
@@ -39,11 +39,13 @@ async def forget_registry(client: Client) -> None:
         await client.workflow_service.delete_workflow_execution(request)
 
     async def gone() -> bool:
+        # Deletion is asynchronous on the server (closed first, removed later): a closed
+        # registry no longer takes part in the next test.
         try:
-            await client.get_workflow_handle(REGISTRY_ID).describe()
+            desc = await client.get_workflow_handle(REGISTRY_ID).describe()
         except RPCError as exc:
             return exc.status == RPCStatusCode.NOT_FOUND
-        return False
+        return desc.status != WorkflowExecutionStatus.RUNNING
 
     await eventually(gone, "the compute registry was not deleted")
 
