@@ -10,6 +10,25 @@ from pathlib import Path
 from scaleflow.core.settings import Settings
 from scaleflow.workflows import attributes
 
+DYNAMIC_CONFIG = {
+    # Activities a workflow task schedules go straight back to the same worker.
+    "system.enableActivityEagerExecution": "true",
+    # The history service reads its task queues (transfer: dispatching workflow tasks,
+    # child starts, signals; timer; visibility) at most 20 times a second by default.
+    # Once a burst of a few operations has spent that budget, every step of an
+    # operation waits up to 50 ms for a token; one machine has room for far more.
+    "history.transferProcessorMaxPollRPS": "10000",
+    "history.timerProcessorMaxPollRPS": "10000",
+    "history.visibilityProcessorMaxPollRPS": "10000",
+}
+
+# The server options, also for dev servers started through the SDK (tests, benchmarks).
+DEV_SERVER_EXTRA_ARGS = [
+    arg
+    for key, value in DYNAMIC_CONFIG.items()
+    for arg in ("--dynamic-config-value", f"{key}={value}")
+]
+
 
 def temporal_binary() -> str:
     beside = Path(sys.executable).parent / "temporal"
@@ -37,9 +56,7 @@ def dev_server_args(settings: Settings) -> list[str]:
         settings.temporal_namespace,
         "--log-level",
         "warn",
-        # Activities a workflow task schedules go straight back to the same worker.
-        "--dynamic-config-value",
-        "system.enableActivityEagerExecution=true",
+        *DEV_SERVER_EXTRA_ARGS,
     ]
     for key in attributes.ALL:
         args += ["--search-attribute", f"{key.name}=Keyword"]
@@ -50,7 +67,3 @@ def start_dev_server(settings: Settings) -> subprocess.Popen[bytes]:
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     log = (settings.state_dir / "temporal.log").open("ab")
     return subprocess.Popen(dev_server_args(settings), stdout=log, stderr=log)
-
-
-# The same server options, for dev servers started through the SDK (tests, benchmarks).
-DEV_SERVER_EXTRA_ARGS = ["--dynamic-config-value", "system.enableActivityEagerExecution=true"]
