@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -11,6 +11,8 @@ from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from scaleflow.activities import processes
+from scaleflow.activities.providers.local import LocalProvider
 from scaleflow.core.settings import Settings
 from scaleflow.devserver import DEV_SERVER_EXTRA_ARGS
 from scaleflow.workflows import attributes
@@ -65,3 +67,16 @@ def memcached_bin() -> str:
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return Settings(state_dir=tmp_path / "state", drain_poll_interval_s=0.05)
+
+
+@pytest.fixture
+def provider(settings: Settings, memcached_bin: str) -> Iterator[LocalProvider]:
+    """The local provider in the test's state dir; every node it started is gone after."""
+    p = LocalProvider(settings)
+    try:
+        yield p
+    finally:
+        ports = {r.port for r in p.records()}
+        p.stop_all()
+        for port in ports:
+            assert processes.find_listening("memcached", "127.0.0.1", port) is None

@@ -10,6 +10,7 @@ from pymemcache.client.base import Client
 from pymemcache.exceptions import MemcacheError, MemcacheUnexpectedCloseError
 
 from scaleflow.activities.notes import note, retryable
+from scaleflow.client.wire import split_address
 from scaleflow.core.activity_io import (
     DrainInput,
     DrainResult,
@@ -23,11 +24,6 @@ from scaleflow.core.settings import Settings
 
 SOURCE = "memcached"
 Heartbeat = Callable[..., None]
-
-
-def split_address(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    return host, int(port)
 
 
 def node_client(address: str, timeout_s: float = 1.0) -> Client:

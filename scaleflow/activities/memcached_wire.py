@@ -1,6 +1,6 @@
 """The memcached protocol where pymemcache does not fit a bulk copy: the crawler's
-key dump, a multi-get that keeps flags and skips per-key checks, and pipelined
-``add`` with each item's own flags and expiry."""
+key dump and pipelined ``add`` with each item's own flags and expiry. The multi-get
+that keeps flags is the client's (``scaleflow.client.wire``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterable
 from urllib.parse import unquote_to_bytes
 
-from scaleflow.activities.memcached import split_address
+from scaleflow.client.wire import split_address
 
 
 def _connect(address: str, timeout_s: float) -> socket.socket:
@@ -46,45 +46,6 @@ def _parse_metadump(raw: bytes) -> Iterable[tuple[bytes, int]]:
     # Keys are URL-encoded in the dump; most have nothing to decode.
     for key, exp in _DUMP_LINE.findall(raw):
         yield (unquote_to_bytes(key) if b"%" in key else key), int(exp)
-
-
-class Fetcher:
-    """One ``get k1 k2 ...`` per batch, parsed in one pass; keeps each value's flags."""
-
-    def __init__(self, address: str, timeout_s: float = 30.0) -> None:
-        self.sock = _connect(address, timeout_s)
-
-    def get_many(self, keys: list[bytes]) -> list[tuple[bytes, int, bytes]]:
-        self.sock.sendall(b"get " + b" ".join(keys) + b"\r\n")
-        buf = bytearray()
-        out: list[tuple[bytes, int, bytes]] = []
-        pos = 0
-        while True:
-            end = buf.find(b"\r\n", pos)
-            if end == -1:
-                chunk = self.sock.recv(1 << 20)
-                if not chunk:
-                    raise OSError("source closed the connection")
-                buf += chunk
-                continue
-            header = bytes(buf[pos:end])
-            if header == b"END":
-                return out
-            parts = header.split(b" ")
-            if parts[0] != b"VALUE":
-                raise OSError(f"source answered {header[:80]!r}")
-            size = int(parts[3])
-            start = end + 2
-            while len(buf) < start + size + 2:
-                chunk = self.sock.recv(1 << 20)
-                if not chunk:
-                    raise OSError("source closed the connection")
-                buf += chunk
-            out.append((parts[1], int(parts[2]), bytes(buf[start : start + size])))
-            pos = start + size + 2
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 class Adder:

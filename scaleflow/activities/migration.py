@@ -10,8 +10,9 @@ from pymemcache.client.base import Client
 from temporalio import activity
 
 from scaleflow.activities.memcached import split_address
-from scaleflow.activities.memcached_wire import Adder, Fetcher, metadump
+from scaleflow.activities.memcached_wire import Adder, metadump
 from scaleflow.activities.notes import note
+from scaleflow.client.wire import MultiGet
 from scaleflow.core.migration_io import MigrateInput, MigrateResult, MigrationProgress, PurgeInput
 from scaleflow.core.models import ActivityReport
 from scaleflow.core.slots import slot_of
@@ -75,7 +76,7 @@ def copy_range(
         keys = [item for item in keys if item[0] > skip_after]
     expiry = dict(keys)
     pace = Pace(req.rate_mb_s)
-    source = Fetcher(req.source_address)
+    source = MultiGet(req.source_address, timeout_s=30.0)
     target = Adder(req.target_address)
     try:
         for i in range(0, len(keys), req.batch):

@@ -7,8 +7,10 @@ purging, so a client refreshing at least that often never uses a stale map.
 
 While a range moves, writes go to the target, reads try the target and then the
 source, and deletes go to both (as mcrouter's WarmUpRoute does), so no key is
-missed during a resize. One ``PoolClient`` per thread: pymemcache clients are not
-thread-safe.
+missed during a resize. ``get_many`` sends its request to every node of the batch
+before reading any reply, so the nodes work at once (a batch over two nodes costs
+about what it costs on one). One ``PoolClient`` per thread: pymemcache clients are
+not thread-safe.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ from collections.abc import Iterable
 from typing import Any
 
 import httpx
-from pymemcache.client.base import Client
+from pymemcache.client.base import Client, check_key_helper
+from pymemcache.serde import LegacyWrappingSerde
 
 from scaleflow.client.sources import HttpSlotMapSource, SlotMapSource
+from scaleflow.client.wire import MultiGet
 from scaleflow.core.slots import SlotMap, slot_of
 
 
@@ -37,7 +41,10 @@ class PoolClient:
         self.refresh_s = refresh_s
         self.timeout_s = timeout_s
         self.serde = serde
+        # What pymemcache does with a value and its flags, for the pipelined multi-get.
+        self._decoder = serde or LegacyWrappingSerde(None, None)
         self._clients: dict[str, Client] = {}
+        self._readers: dict[str, MultiGet] = {}
         self.map = SlotMap()
         self._owners: list[str] = []
         self._checked = 0.0
@@ -57,9 +64,10 @@ class PoolClient:
         self.map = fresh
         self._owners = fresh.table()
         # Let go of nodes that left the map, so their drain can finish.
-        for address in list(self._clients):
-            if address not in fresh.addresses.values():
-                self._clients.pop(address).close()
+        live = set(fresh.addresses.values())
+        for conns in (self._clients, self._readers):
+            for address in [a for a in conns if a not in live]:
+                conns.pop(address).close()
 
     def _fresh(self) -> None:
         if time.monotonic() - self._checked >= self.refresh_s:
@@ -83,6 +91,9 @@ class PoolClient:
                 connect_timeout=self.timeout_s,
                 timeout=self.timeout_s,
                 serde=self.serde,
+                # Wait for each write's reply: a read on the multi-get connection then
+                # sees it, and set_many can name the keys it failed to store.
+                default_noreply=False,
             )
             self._clients[address] = client
         return client
@@ -132,19 +143,54 @@ class PoolClient:
 
     def get_many(self, keys: Iterable[str | bytes]) -> dict[Any, Any]:
         def run() -> dict[Any, Any]:
-            groups: dict[tuple[str, str | None], list[str | bytes]] = defaultdict(list)
-            for key in keys:
-                groups[self.route(key)].append(key)
-            found: dict[Any, Any] = {}
-            for (primary, fallback), batch in groups.items():
-                got = self._client(primary).get_many(batch)
-                found.update(got)
-                missed = [k for k in batch if k not in got]
-                if fallback is not None and missed:
-                    found.update(self._client(fallback).get_many(missed))
-            return found
+            # Checked as pymemcache checks them: a key can't break the request line.
+            asked = {check_key_helper(k, False): k for k in keys}
+            groups: dict[tuple[str, str | None], list[bytes]] = defaultdict(list)
+            for raw in asked:
+                groups[self.route(raw)].append(raw)
+            first: dict[str, list[bytes]] = defaultdict(list)
+            for (primary, _), batch in groups.items():
+                first[primary] += batch
+            found = self._fetch(first)
+            then: dict[str, list[bytes]] = defaultdict(list)
+            for (_, fallback), batch in groups.items():
+                if fallback is not None:
+                    then[fallback] += [k for k in batch if k not in found]
+            if any(then.values()):
+                found.update(self._fetch(then))
+            return {
+                asked[k]: self._decoder.deserialize(asked[k], value, flags)
+                for k, (flags, value) in found.items()
+            }
 
         return self._call(run)
+
+    def _fetch(self, by_node: dict[str, list[bytes]]) -> dict[bytes, tuple[int, bytes]]:
+        """Every node's request goes out before any reply is read."""
+        used: list[str] = []
+        try:
+            for node, batch in by_node.items():
+                if batch:
+                    used.append(self._reader(node))
+                    self._readers[used[-1]].send(batch)
+            return {
+                key: (flags, value)
+                for address in used
+                for key, flags, value in self._readers[address].receive()
+            }
+        except (OSError, ValueError) as exc:
+            # Replies may be left unread on these connections: start them afresh.
+            for address in used:
+                reader = self._readers.pop(address, None)
+                if reader is not None:
+                    reader.close()
+            raise OSError(f"multi-get failed: {exc}") from exc
+
+    def _reader(self, node: str) -> str:
+        address = self.map.addresses[node]
+        if address not in self._readers:
+            self._readers[address] = MultiGet(address, self.timeout_s)
+        return address
 
     def set_many(self, values: dict[Any, Any], expire: int = 0) -> list[Any]:
         def run() -> list[Any]:
@@ -159,9 +205,10 @@ class PoolClient:
         return self._call(run)
 
     def close(self) -> None:
-        for client in self._clients.values():
-            client.close()
-        self._clients.clear()
+        for conns in (self._clients, self._readers):
+            for conn in conns.values():
+                conn.close()
+            conns.clear()
         closer = getattr(self.source, "close", None)
         if closer is not None:
             closer()

@@ -104,18 +104,6 @@ def messages(result: Any) -> list[str]:
 
 
 @pytest.fixture
-def provider(settings: Settings, memcached_bin: str) -> Iterator[LocalProvider]:
-    p = LocalProvider(settings)
-    try:
-        yield p
-    finally:
-        ports = {r.port for r in p.records()}
-        p.stop_all()
-        for port in ports:
-            assert processes.find_listening("memcached", HOST, port) is None
-
-
-@pytest.fixture
 def nodes(provider: LocalProvider) -> list[Node]:
     out = []
     for node_id in ("m1", "m2"):
