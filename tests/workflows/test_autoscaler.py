@@ -4,11 +4,14 @@ minute-by-minute readings against a scripted curve."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from temporalio.worker import Worker
 
 from scaleflow.core.autoscale import AutoscalerConfig
+from scaleflow.core.models import PoolView
 from scaleflow.worker import WORKFLOWS
 from scaleflow.workflows.pool import PoolWorkflow
 from tests.conftest import time_skipping_env
@@ -40,12 +43,25 @@ def oracle(rates: list[float], size: int, low: int, high: int) -> list[int]:
     return sizes
 
 
-async def test_a_day_of_autoscaling_follows_the_rule() -> None:
+@dataclass
+class Day:
+    rates: list[float]
+    readings: int
+    observed: list[int]  # the pool's size at each reading
+    final: PoolView
+
+
+async def simulate_day(**worker_options: Any) -> Day:
+    """A day of one-minute readings of ``curve`` on a fresh time-skipping server."""
     rates = [curve(i) for i in range(MINUTES)]
     async with await time_skipping_env() as env:
         fake = FakeCloud(miss_rates=rates)
         async with Worker(
-            env.client, task_queue="day", workflows=WORKFLOWS, activities=fake.activities()
+            env.client,
+            task_queue="day",
+            workflows=WORKFLOWS,
+            activities=fake.activities(),
+            **worker_options,
         ):
             pool = await start_pool(env.client, "day", min_count=1, max_count=8, provider="no-op")
             await settle(pool, env.client, 1)
@@ -57,13 +73,19 @@ async def test_a_day_of_autoscaling_follows_the_rule() -> None:
                 # An hour at a time: one skip of a whole day outlasts the RPC's timeout.
                 await env.sleep(timedelta(hours=1))
             readings = fake.readings
-            expected = oracle(rates[:readings], 1, 1, 8)
             observed = [len(s.nodes) for s in fake.stats_seen[-readings:]]
+            expected = oracle(rates[:readings], 1, 1, 8)
             view = await settle(pool, env.client, expected[-1])
             await pool.terminate("test finished")
+    return Day(rates, readings, observed, view)
+
+
+async def test_a_day_of_autoscaling_follows_the_rule() -> None:
+    day = await simulate_day()
+    expected = oracle(day.rates[: day.readings], 1, 1, 8)
     # Each continue-as-new starts the minute's timer again, delaying one reading.
-    assert readings >= MINUTES - 5
-    assert observed == expected[:readings]
-    assert all(1 <= n <= 8 for n in observed)
-    assert len(set(observed)) >= 4, "the curve drove the pool through several sizes"
-    assert view.autoscaler.auto_mode
+    assert day.readings >= MINUTES - 5
+    assert day.observed == expected[: day.readings]
+    assert all(1 <= n <= 8 for n in day.observed)
+    assert len(set(day.observed)) >= 4, "the curve drove the pool through several sizes"
+    assert day.final.autoscaler.auto_mode
