@@ -14,9 +14,11 @@ with workflow.unsafe.imports_passed_through():
     from scaleflow.core.activity_io import DrainInput, DrainResult, TerminateInput
     from scaleflow.core.migration_io import MigrationInput, MigrationResult
     from scaleflow.core.models import ActivityReport, Node, NodeChange, OperationInput, PoolSnapshot
-    from scaleflow.core.slots import Move, SlotMap, initial_map, plan
+    from scaleflow.core.slots import Move, SlotMap, apply_move, initial_map, plan
 
 DRAIN_SLICE_S = 30.0
+# workflow.patched id: moves of address-less nodes skip the migration child.
+CACHELESS_MOVES = "cacheless-moves"
 DRAIN_POLL = timedelta(seconds=2)
 
 
@@ -95,6 +97,8 @@ class OperationBase:
 
     async def migrate(self, inp: OperationInput, moves: list[Move], purge: bool) -> None:
         """Run ``moves`` as a child ``SlotMigrationWorkflow``; the map follows it."""
+        if moves and workflow.patched(CACHELESS_MOVES):
+            moves = await self._reassign_cacheless(moves)
         if not moves:
             return
         self._migrations += 1
@@ -116,6 +120,18 @@ class OperationBase:
             id=f"{inp.op_id}-migration-{self._migrations}",
         )
         self.slot_map_changed(result.slot_map)
+
+    async def _reassign_cacheless(self, moves: list[Move]) -> list[Move]:
+        """Moves from or to a node with no address (a ``no-op`` provider's) have no keys
+        to copy: their slots change owner in one map update. The rest are returned."""
+        addresses = self.map.addresses
+        bare = [m for m in moves if not (addresses.get(m.source) and addresses.get(m.target))]
+        if bare:
+            changed = self.map
+            for mv in bare:
+                changed = changed.model_copy(update={"ranges": apply_move(changed, mv)})
+            await self.set_map(changed.model_copy(update={"epoch": self.map.epoch + 1}))
+        return [m for m in moves if m not in bare]
 
     async def add_address(self, node: Node) -> None:
         if self.map.ranges and self.map.addresses.get(node.id) != node.address:

@@ -24,10 +24,13 @@ class NoopProvider:
 
     def provision(self, req: ProvisionInput) -> ProvisionResult:
         log.info("no-op provision pool=%s node=%s", req.pool, req.node_id)
+        # Nothing was started, so there is nothing to wait for: the node is "ready" at
+        # once (chemtrail's no-op provider adds no capacity and waits for none). It has
+        # no address, so its slots change owner without a copy.
         node = Node(
             id=req.node_id,
             provider_ref=req.node_id,
-            state=NodeState.PROVISIONING,
+            state=NodeState.READY,
             created_at=datetime.now(UTC),
         )
         return ProvisionResult(node=node, events=[note(f"no-op: added node {req.node_id}", SOURCE)])
