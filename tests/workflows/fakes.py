@@ -35,6 +35,9 @@ class FakeCloud:
     provisioned: list[str] = field(default_factory=list)
     terminated: list[str] = field(default_factory=list)
     drains: list[DrainInput] = field(default_factory=list)
+    # Nodes as the real no-op provider makes them: ready at once, with no address
+    # (so no slot migration runs).
+    addressless: bool = False
     fail_ready: bool = False
     ready_delay_s: float = 0.0
     drain_forever: bool = False
@@ -53,9 +56,9 @@ class FakeCloud:
         async def provision_node(req: ProvisionInput) -> ProvisionResult:
             node = cloud.alive.get(req.node_id) or Node(
                 id=req.node_id,
-                address=f"fake:{len(cloud.provisioned)}",
+                address=None if cloud.addressless else f"fake:{len(cloud.provisioned)}",
                 provider_ref=req.node_id,
-                state=NodeState.PROVISIONING,
+                state=NodeState.READY if cloud.addressless else NodeState.PROVISIONING,
                 created_at=datetime.now(UTC),
             )
             if req.node_id not in cloud.alive:
