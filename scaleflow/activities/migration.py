@@ -78,11 +78,16 @@ def copy_range(
     pace = Pace(req.rate_mb_s)
     source = MultiGet(req.source_address, timeout_s=30.0)
     target = Adder(req.target_address)
+    batches = [keys[i : i + req.batch] for i in range(0, len(keys), req.batch)]
     try:
-        for i in range(0, len(keys), req.batch):
-            batch = keys[i : i + req.batch]
+        if batches:
+            source.send([k for k, _ in batches[0]])
+        for i, batch in enumerate(batches):
             # Keys expired or evicted since the dump are simply not returned.
-            found = source.get_many([k for k, _ in batch])
+            found = source.receive()
+            if i + 1 < len(batches):
+                # The source reads the next batch while this one is written.
+                source.send([k for k, _ in batches[i + 1]])
             # exp is absolute; memcached reads an exptime past 30 days as a timestamp.
             items = [(k, flags, max(expiry[k], 0), v) for k, flags, v in found]
             size += sum(len(v) for _, _, v in found)
