@@ -9,10 +9,9 @@ from typing import Any
 from pymemcache.client.base import Client
 from temporalio import activity
 
-from scaleflow.activities.memcached import split_address
 from scaleflow.activities.memcached_wire import Adder, metadump
 from scaleflow.activities.notes import note
-from scaleflow.client.wire import MultiGet
+from scaleflow.client.wire import MultiGet, split_address
 from scaleflow.core.migration_io import MigrateInput, MigrateResult, MigrationProgress, PurgeInput
 from scaleflow.core.models import ActivityReport
 from scaleflow.core.slots import slot_of

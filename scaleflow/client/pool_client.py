@@ -145,18 +145,19 @@ class PoolClient:
         def run() -> dict[Any, Any]:
             # Checked as pymemcache checks them: a key can't break the request line.
             asked = {check_key_helper(k, False): k for k in keys}
-            groups: dict[tuple[str, str | None], list[bytes]] = defaultdict(list)
-            for raw in asked:
-                groups[self.route(raw)].append(raw)
             first: dict[str, list[bytes]] = defaultdict(list)
-            for (primary, _), batch in groups.items():
-                first[primary] += batch
+            source_of: dict[bytes, str] = {}  # keys of moving ranges: where to look next
+            for raw in asked:
+                primary, fallback = self.route(raw)
+                first[primary].append(raw)
+                if fallback is not None:
+                    source_of[raw] = fallback
             found = self._fetch(first)
             then: dict[str, list[bytes]] = defaultdict(list)
-            for (_, fallback), batch in groups.items():
-                if fallback is not None:
-                    then[fallback] += [k for k in batch if k not in found]
-            if any(then.values()):
+            for raw, fallback in source_of.items():
+                if raw not in found:
+                    then[fallback].append(raw)
+            if then:
                 found.update(self._fetch(then))
             return {
                 asked[k]: self._decoder.deserialize(asked[k], value, flags)
@@ -167,30 +168,28 @@ class PoolClient:
 
     def _fetch(self, by_node: dict[str, list[bytes]]) -> dict[bytes, tuple[int, bytes]]:
         """Every node's request goes out before any reply is read."""
-        used: list[str] = []
+        used: dict[str, MultiGet] = {}
         try:
             for node, batch in by_node.items():
-                if batch:
-                    used.append(self._reader(node))
-                    self._readers[used[-1]].send(batch)
+                address = self.map.addresses[node]
+                used[address] = self._reader(address)
+                used[address].send(batch)
             return {
                 key: (flags, value)
-                for address in used
-                for key, flags, value in self._readers[address].receive()
+                for reader in used.values()
+                for key, flags, value in reader.receive()
             }
         except (OSError, ValueError) as exc:
             # Replies may be left unread on these connections: start them afresh.
             for address in used:
-                reader = self._readers.pop(address, None)
-                if reader is not None:
-                    reader.close()
+                self._readers.pop(address).close()
             raise OSError(f"multi-get failed: {exc}") from exc
 
-    def _reader(self, node: str) -> str:
-        address = self.map.addresses[node]
-        if address not in self._readers:
-            self._readers[address] = MultiGet(address, self.timeout_s)
-        return address
+    def _reader(self, address: str) -> MultiGet:
+        reader = self._readers.get(address)
+        if reader is None:
+            reader = self._readers[address] = MultiGet(address, self.timeout_s)
+        return reader
 
     def set_many(self, values: dict[Any, Any], expire: int = 0) -> list[Any]:
         def run() -> list[Any]:

@@ -48,10 +48,6 @@ class MultiGet:
             out.append((parts[1], int(parts[2]), bytes(buf[start : start + size])))
             pos = start + size + 2
 
-    def get_many(self, keys: list[bytes]) -> list[Item]:
-        self.send(keys)
-        return self.receive()
-
     def _recv(self) -> bytes:
         chunk = self.sock.recv(1 << 20)
         if not chunk:

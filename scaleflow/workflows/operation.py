@@ -17,9 +17,9 @@ with workflow.unsafe.imports_passed_through():
     from scaleflow.core.slots import Move, SlotMap, apply_move, initial_map, plan
 
 DRAIN_SLICE_S = 30.0
+DRAIN_POLL = timedelta(seconds=2)
 # workflow.patched id: moves of address-less nodes skip the migration child.
 CACHELESS_MOVES = "cacheless-moves"
-DRAIN_POLL = timedelta(seconds=2)
 
 
 class OperationBase:

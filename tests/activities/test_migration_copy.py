@@ -39,7 +39,8 @@ def writer(address: str) -> Client:
 def items(address: str, keys: list[bytes]) -> dict[bytes, tuple[int, bytes]]:
     reader = MultiGet(address, timeout_s=5)
     try:
-        return {k: (flags, v) for k, flags, v in reader.get_many(keys)}
+        reader.send(keys)
+        return {k: (flags, v) for k, flags, v in reader.receive()}
     finally:
         reader.close()
 
