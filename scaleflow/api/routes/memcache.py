@@ -139,16 +139,17 @@ def leaving(node: Node) -> bool:
     return node.state in (NodeState.DRAINING, NodeState.TERMINATED)
 
 
+async def call_default(client: Client, settings: Settings, update: Any, arg: Any) -> Any:
+    """An update of the default pool; a missing pool is the original's 404."""
+    return await call_pool(
+        client, settings.default_pool_name, update, arg, missing=ErrorKind.NOT_FOUND
+    )
+
+
 async def submit(client: Client, settings: Settings, req: OperationRequest) -> str:
     """Submit an operation; crossing MaxCount/MinCount is the original's 400."""
     try:
-        accepted: OperationAccepted = await call_pool(
-            client,
-            settings.default_pool_name,
-            PoolWorkflow.submit,
-            req,
-            missing=ErrorKind.NOT_FOUND,
-        )
+        accepted: OperationAccepted = await call_default(client, settings, PoolWorkflow.submit, req)
     except ScaleflowError as exc:
         out = req.kind == OperationKind.SCALE_OUT
         if exc.kind == ErrorKind.BOUNDS or (exc.kind == ErrorKind.NO_NODES and not out):
@@ -165,13 +166,7 @@ def request_id(header: str | None) -> str:
 
 
 async def set_autoscaler(client: Client, settings: Settings, cfg: AutoscalerConfig) -> PoolView:
-    view: PoolView = await call_pool(
-        client,
-        settings.default_pool_name,
-        PoolWorkflow.set_autoscaler,
-        cfg,
-        missing=ErrorKind.NOT_FOUND,
-    )
+    view: PoolView = await call_default(client, settings, PoolWorkflow.set_autoscaler, cfg)
     return view
 
 
@@ -385,13 +380,7 @@ async def set_test_miss_rate(
 ) -> JSONResponse:
     """Apply the rule to this miss rate at once (resizing if it says so)."""
     rate = (await body(request, TestMissRateBody)).test_miss_rate
-    reason: str = await call_pool(
-        client,
-        settings.default_pool_name,
-        PoolWorkflow.evaluate,
-        rate,
-        missing=ErrorKind.NOT_FOUND,
-    )
+    reason: str = await call_default(client, settings, PoolWorkflow.evaluate, rate)
     return ok({"test_miss_rate": rate, "result": reason})
 
 
