@@ -11,16 +11,14 @@ import subprocess
 import time
 import uuid
 import zlib
-from collections.abc import AsyncIterator
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pymemcache.client.base import Client as Memcache
-from temporalio.testing import WorkflowEnvironment
 
-from tests.e2e.stack import ROOT, Stack, stack, stack_settings
+from tests.e2e.stack import ROOT, Stack
 
 SERIES = (
     "miss_rate",
@@ -43,18 +41,6 @@ def chromium() -> str:
     found = shutil.which("chromium")
     assert found, "scripts/install-system-deps.sh did not install chromium"
     return found
-
-
-@pytest.fixture
-async def st(dev_env: WorkflowEnvironment, tmp_path: Path) -> AsyncIterator[Stack]:
-    name = f"dash-{uuid.uuid4().hex[:8]}"
-    settings = stack_settings(tmp_path, dev_env.client, default_pool_name=name)
-    async with stack(settings, dev_env.client) as s:
-        s.pools.append(name)
-        resp = await s.put_policy(name)
-        assert resp.status_code == 200, resp.text
-        await s.wait_pool(name, 1)
-        yield s
 
 
 async def run_chromium(chromium: str, tmp: Path, url: str, *mode: str) -> str:

@@ -5,18 +5,14 @@ form bodies, and never a 5xx."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from pymemcache.client.base import Client as Memcache
-from temporalio.testing import WorkflowEnvironment
 
-from tests.e2e.stack import Stack, stack, stack_settings
+from tests.e2e.stack import Stack
 
-POLICY = {"MinCount": 1, "MaxCount": 8, "Provider": "local"}
 STATS_KEYS = {
     "miss_rate",
     "hit_rate",
@@ -24,25 +20,6 @@ STATS_KEYS = {
     "total_size_of_items_in_cache",
     "number_of_requests_served_per_minute",
 }
-
-
-@pytest.fixture
-async def bare(dev_env: WorkflowEnvironment, tmp_path: Path) -> AsyncIterator[Stack]:
-    """A stack whose default pool (a unique name) does not exist yet."""
-    name = f"mc-{uuid.uuid4().hex[:8]}"
-    settings = stack_settings(tmp_path, dev_env.client, default_pool_name=name)
-    async with stack(settings, dev_env.client) as s:
-        s.pools.append(name)
-        yield s
-
-
-@pytest.fixture
-async def st(bare: Stack) -> Stack:
-    """The stack with its default pool: local memcached, 1 node (min 1, max 8)."""
-    resp = await bare.http.put(f"/v1/policy/{bare.settings.default_pool_name}", json=POLICY)
-    assert resp.status_code == 200, resp.text
-    await bare.wait_pool(bare.settings.default_pool_name, 1)
-    return bare
 
 
 def pool(st: Stack) -> str:

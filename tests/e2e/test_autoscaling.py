@@ -3,7 +3,6 @@ pool, hits shrink it again."""
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from pathlib import Path
@@ -13,7 +12,7 @@ from temporalio.testing import WorkflowEnvironment
 from scaleflow.client import PoolClient
 from scaleflow.core.autoscale import AutoscalerConfig
 from scaleflow.workflows.pool import PoolWorkflow
-from tests.e2e.stack import Stack, stack, stack_settings
+from tests.e2e.stack import stack, stack_settings
 
 
 class Traffic:
@@ -44,18 +43,6 @@ class Traffic:
         self.thread.join(timeout=30)
 
 
-async def size_reaches(st: Stack, name: str, want: int, timeout_s: float = 90) -> None:
-    deadline = time.monotonic() + timeout_s
-    nodes: list = []
-    while time.monotonic() < deadline:
-        view = await st.pool(name)
-        nodes = [n for n in view["nodes"] if n["state"] == "ready"]
-        if len(nodes) == want and not view["queue"]:
-            return
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"pool {name} did not reach {want} nodes: {len(nodes)}")
-
-
 async def test_misses_grow_the_pool_and_hits_shrink_it(
     dev_env: WorkflowEnvironment, tmp_path: Path
 ) -> None:
@@ -71,9 +58,9 @@ async def test_misses_grow_the_pool_and_hits_shrink_it(
         handle = st.client.get_workflow_handle(f"pool/{name}")
         with Traffic(api, name, hits=False):
             await handle.execute_update(PoolWorkflow.set_autoscaler, cfg)
-            await size_reaches(st, name, 2)
+            await st.wait_pool(name, 2, timeout_s=90)
         with Traffic(api, name, hits=True):
-            await size_reaches(st, name, 1)
+            await st.wait_pool(name, 1, timeout_s=90)
         await handle.execute_update(
             PoolWorkflow.set_autoscaler, cfg.model_copy(update={"auto_mode": False})
         )

@@ -124,6 +124,19 @@ def s3(moto_url: str) -> Any:
     return boto3.client("s3", endpoint_url=moto_url, region_name=AWS_REGION)
 
 
+def with_stores(settings: Settings, moto_url: str, bucket: str, tables: list[str]) -> Settings:
+    """``settings`` with S3 on moto's server and RDS on the machine's PostgreSQL."""
+    return settings.model_copy(
+        update={
+            "aws_endpoint_url": moto_url,
+            "aws_region": AWS_REGION,
+            "s3_bucket": bucket,
+            "rds_dsn": PG_DSN,
+            "rds_tables": tables,
+        }
+    )
+
+
 @pytest.fixture
 def make_bucket(s3: Any) -> Callable[[int], str]:
     def make(objects: int) -> str:
@@ -151,15 +164,7 @@ async def test_data_clear_empties_cache_s3_and_rds_end_to_end(
         # A node still starting (no address) and a terminated one are not flushed.
         stopped = nodes[1].model_copy(update={"id": "gone", "state": NodeState.TERMINATED})
         snapshot = [*nodes, idle("new", NodeState.PROVISIONING, None), stopped]
-        configured = settings.model_copy(
-            update={
-                "aws_endpoint_url": moto_url,
-                "aws_region": AWS_REGION,
-                "s3_bucket": bucket,
-                "rds_dsn": PG_DSN,
-                "rds_tables": tables.names,
-            }
-        )
+        configured = with_stores(settings, moto_url, bucket, tables.names)
         async with worker(time_env, configured) as queue:
             handle = await start(time_env.client, queue, snapshot, DataClearSpec(s3=True, rds=True))
             assert await handle.result() == OperationResult()
@@ -206,14 +211,7 @@ async def test_data_clear_of_the_cache_only_leaves_s3_and_rds_alone(
     bucket = make_bucket(2)
     with running_cache_nodes(settings, count=1) as nodes, made_pg_tables() as tables:
         fill(nodes[0], 4)
-        configured = settings.model_copy(
-            update={
-                "aws_endpoint_url": moto_url,
-                "s3_bucket": bucket,
-                "rds_dsn": PG_DSN,
-                "rds_tables": tables.names,
-            }
-        )
+        configured = with_stores(settings, moto_url, bucket, tables.names)
         async with worker(time_env, configured) as queue:
             handle = await start(time_env.client, queue, nodes, None)
             await handle.result()
@@ -233,14 +231,7 @@ async def test_data_clear_of_the_cache_only_leaves_s3_and_rds_alone(
 async def test_data_clear_fails_on_a_missing_bucket_and_stops_there(
     time_env: WorkflowEnvironment, settings: Settings, moto_url: str
 ) -> None:
-    configured = settings.model_copy(
-        update={
-            "aws_endpoint_url": moto_url,
-            "s3_bucket": "no-such-bucket",
-            "rds_dsn": PG_DSN,
-            "rds_tables": ["public.anything"],
-        }
-    )
+    configured = with_stores(settings, moto_url, "no-such-bucket", ["public.anything"])
     async with worker(time_env, configured) as queue:
         handle = await start(time_env.client, queue, [], DataClearSpec(s3=True, rds=True))
         with pytest.raises(WorkflowFailureError):
