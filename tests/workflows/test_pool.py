@@ -155,7 +155,7 @@ async def test_bounds_and_dedupe(time_env, cloud) -> None:
     with pytest.raises(WorkflowUpdateFailedError) as err:
         await submit(pool, OperationKind.SCALE_OUT)
     assert err.value.cause.type == "BoundsCrossed"
-    assert "MaxCount 2" in str(err.value.cause)
+    assert "max_count 2" in str(err.value.cause)
     await client.get_workflow_handle(first).result()
     await settle(pool, client, 2)
     await submit(pool, OperationKind.SCALE_IN)

@@ -1,0 +1,226 @@
+"""The machinery every entity workflow (pool, genisys service, broker) shares: requests
+accepted as Updates, queued in order, deduplicated by request id, started as child
+workflows and run one at a time.
+
+The rule that keeps an entity deterministic under bursts (docs/design-notes.md,
+"Burst-safe entities"): update and signal handlers never issue commands and never
+draw randomness. A handler validates, appends an :class:`Entry` whose id comes from
+its update's id, and waits. The entity's main loop alone starts children, sends
+``go`` and reaps results, and each of its wake-ups handles finished operations before
+it starts new ones. What a handler sees therefore cannot depend on where the server
+cut the workflow tasks, which differs between a live run, a run rebuilt after a
+cache eviction, and a replay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import SearchAttributePair, TypedSearchAttributes
+from temporalio.exceptions import ApplicationError, ChildWorkflowError
+
+from scaleflow.workflows import attributes
+
+with workflow.unsafe.imports_passed_through():
+    from scaleflow.core.errors import ErrorKind
+
+REQUESTS_KEPT = 1000
+# Namespace of operation ids derived from update ids (any fixed uuid would do).
+_OP_NAMESPACE = uuid.UUID("5f0c6c1e-2f57-4c59-9a43-4f4b3c1a7e21")
+
+
+def reject(kind: ErrorKind, message: str) -> ApplicationError:
+    """A refusal the API maps to its surface's error (``kind`` picks the status)."""
+    return ApplicationError(message, type=kind.value, non_retryable=True)
+
+
+def op_id_from_update() -> str:
+    """The operation id of the update being handled: derived from its id, not drawn.
+
+    Handlers must not call ``workflow.uuid4()``: the order in which handlers and the
+    main loop draw from the seeded random source differs between a live run and a
+    rebuilt one."""
+    info = workflow.current_update_info()
+    if info is None:
+        raise RuntimeError("op_id_from_update() outside an update handler")
+    return str(uuid.uuid5(_OP_NAMESPACE, f"{workflow.info().workflow_id}/{info.id}"))
+
+
+@dataclass
+class Entry:
+    """One accepted operation, from acceptance until its child workflow closes."""
+
+    op_id: str
+    kind: str
+    reason: str
+    # Entity-specific: nodes still to add (> 0) or remove (< 0) for a pool.
+    remaining: int = 0
+    # How many nodes (or resources) the operation was asked for.
+    count: int = 0
+    # Entity-specific arguments for building the child's input.
+    args: Any = None
+    handle: workflow.ChildWorkflowHandle[Any, Any] | None = None
+    # Started with its turn (the entity was idle): it needs no go signal.
+    given: bool = False
+    start_error: str | None = None
+    done: bool = False
+    ok: bool = False
+    result: Any = None
+    error: BaseException | None = None
+
+
+@dataclass
+class OperationQueue:
+    """Accepted operations in order; the head is the one running (or about to)."""
+
+    requests: dict[str, str] = field(default_factory=dict)
+    entries: list[Entry] = field(default_factory=list)
+    running: Entry | None = None
+
+    # ---- for handlers: no commands, no randomness ------------------------------
+
+    def duplicate(self, request_id: str | None) -> str | None:
+        if request_id is None:
+            return None
+        return self.requests.get(request_id)
+
+    def accept(self, entry: Entry, request_id: str | None = None) -> Entry:
+        self.entries.append(entry)
+        if request_id is not None:
+            self.requests[request_id] = entry.op_id
+        return entry
+
+    async def started(self, op_id: str) -> str:
+        """Wait until the loop started ``op_id``'s child; raise if it could not."""
+        entry = self.find(op_id)
+        if entry is None:
+            return op_id  # already ran (a repeated request id)
+        await workflow.wait_condition(lambda: entry.handle is not None or bool(entry.start_error))
+        if entry.start_error:
+            raise reject(ErrorKind.CONFLICT, entry.start_error)
+        return op_id
+
+    # ---- reads --------------------------------------------------------------
+
+    def find(self, op_id: str) -> Entry | None:
+        return next((e for e in self.entries if e.op_id == op_id), None)
+
+    def ids(self) -> list[str]:
+        return [e.op_id for e in self.entries]
+
+    def running_id(self) -> str | None:
+        return self.running.op_id if self.running else None
+
+    def idle(self) -> bool:
+        return not self.entries
+
+    def has_work(self) -> bool:
+        """Something for the loop's :meth:`step` to do."""
+        if self.running is not None:
+            return self.running.done or self._unstarted() is not None
+        return bool(self.entries)
+
+    def kept_requests(self) -> dict[str, str]:
+        """The most recent request ids, carried over by continue-as-new."""
+        return dict(list(self.requests.items())[-REQUESTS_KEPT:])
+
+    def _unstarted(self) -> Entry | None:
+        return next((e for e in self.entries if e.handle is None), None)
+
+    # ---- for the main loop only ----------------------------------------------
+
+    def reap(self) -> list[Entry]:
+        """The running entry, once its child has closed; the next may then run."""
+        closed = []
+        if self.running is not None and self.running.done:
+            closed.append(self.running)
+            self.entries.remove(self.running)
+            self.running = None
+        return closed
+
+    async def step(
+        self,
+        start: Callable[[Entry, bool], Awaitable[workflow.ChildWorkflowHandle[Any, Any]]],
+        go: Callable[[Entry], Awaitable[None]],
+    ) -> None:
+        """Start every new entry's child, in order, then hand out the turn.
+
+        ``start(entry, given)`` starts the child (with its snapshot when ``given``);
+        ``go(entry)`` gives a child that was started while another ran its turn."""
+        while (entry := self._unstarted()) is not None:
+            given = self.running is None and entry is self.entries[0]
+            try:
+                entry.handle = await start(entry, given)
+            except BaseException as err:
+                entry.start_error = f"operation {entry.op_id} could not start: {err}"
+                self.entries.remove(entry)
+                self.requests = {k: v for k, v in self.requests.items() if v != entry.op_id}
+                continue
+            entry.given = given
+            if given:
+                self._run(entry)
+        if self.running is None and self.entries:
+            head = self.entries[0]
+            self._run(head)
+            # A child closed while queued (cancelled) cannot take the signal; its
+            # watcher reaps it on the next step.
+            try:
+                await go(head)
+            except Exception:
+                workflow.logger.info("operation %s closed before its turn", head.op_id)
+
+    def _run(self, entry: Entry) -> None:
+        self.running = entry
+        asyncio.create_task(self._watch(entry))  # noqa: RUF006 (the entry holds the outcome)
+
+    async def _watch(self, entry: Entry) -> None:
+        # Awaiting a child's result issues no command: safe outside the main loop.
+        assert entry.handle is not None
+        try:
+            entry.result = await entry.handle
+            entry.ok = True
+        except ChildWorkflowError as err:
+            entry.error = err
+        finally:
+            entry.done = True
+
+
+async def start_operation(
+    run: Any,
+    arg: Any,
+    *,
+    op_id: str,
+    direction: str,
+    provider: str,
+    provider_cfg: Any,
+    pool: str,
+    reason: str,
+    memo_extra: dict[str, Any] | None = None,
+) -> workflow.ChildWorkflowHandle[Any, Any]:
+    """Start an operation's child workflow with the memo and search attributes that
+    ``/v1/scale/status`` reads (Direction, Provider, ProviderCfg)."""
+    return await workflow.start_child_workflow(
+        run,
+        arg,
+        id=op_id,
+        memo={
+            "Direction": direction,
+            "Provider": provider,
+            "ProviderCfg": provider_cfg,
+            "Reason": reason,
+            **(memo_extra or {}),
+        },
+        search_attributes=TypedSearchAttributes(
+            [
+                SearchAttributePair(attributes.POOL, pool),
+                SearchAttributePair(attributes.DIRECTION, direction),
+                SearchAttributePair(attributes.PROVIDER, provider),
+            ]
+        ),
+        parent_close_policy=workflow.ParentClosePolicy.REQUEST_CANCEL,
+    )
