@@ -19,21 +19,27 @@ each correction shows in ``/v1/scale/status``.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributePair, TypedSearchAttributes
+from temporalio.common import RetryPolicy
 from temporalio.exceptions import (
     ActivityError,
     ApplicationError,
     CancelledError,
-    ChildWorkflowError,
     FailureError,
 )
 from temporalio.exceptions import TimeoutError as TemporalTimeoutError
 
-from scaleflow.workflows import attributes
+from scaleflow.workflows.queue import (
+    Entry,
+    OperationQueue,
+    op_id_from_update,
+    reject,
+    start_operation,
+)
 
 with workflow.unsafe.imports_passed_through():
     from scaleflow.core.errors import ErrorKind
@@ -97,10 +103,6 @@ def _failure_message(err: BaseException) -> str:
             message = cause.message
         cause = cause.__cause__ if isinstance(cause, FailureError) else None
     return message
-
-
-def _reject(kind: ErrorKind, message: str) -> ApplicationError:
-    return ApplicationError(message, type=kind.value, non_retryable=True)
 
 
 @workflow.defn
@@ -197,6 +199,9 @@ class ServiceScaleWorkflow:
 
 @workflow.defn
 class ServiceWorkflow:
+    """Handlers only validate and record; the main loop issues every command (see
+    scaleflow.workflows.queue)."""
+
     @workflow.init
     def __init__(self, init: ServiceInit) -> None:
         self.name = init.name
@@ -208,9 +213,7 @@ class ServiceWorkflow:
         self.protocol = init.protocol
         self.last_error = init.last_error
         self.corrections = list(init.corrections)
-        self.queue: list[str] = []
-        self.handles: dict[str, workflow.ChildWorkflowHandle[Any, Any]] = {}
-        self.running: str | None = None
+        self.ops = OperationQueue()
         self.check_now = False
         self.next_check = workflow.now() + self.period
         self.checks = 0
@@ -223,20 +226,27 @@ class ServiceWorkflow:
             # A timeout means the period passed: _check_due() now says so.
             with contextlib.suppress(TimeoutError):
                 await workflow.wait_condition(
-                    lambda: bool(self.queue) or self._check_due() or self._may_end(),
-                    timeout=self._until_check(),
+                    lambda: self.ops.has_work() or self._idle_check_due() or self._may_end(),
+                    timeout=self._until_check() if self.ops.idle() else None,
                 )
-            if self.queue:
-                await self._run_next()
-            elif self._check_due():
+            for entry in self.ops.reap():
+                self._closed(entry)
+            if self._idle_check_due():
                 await self._reconcile()
-            elif self._may_end():
-                await workflow.wait_condition(workflow.all_handlers_finished)
-                if not self.queue:
+            await self.ops.step(self._start, self._go)
+            if self._may_end() and self.ops.idle():
+                # Handlers may wait on this loop (a child's start): keep serving them.
+                await workflow.wait_condition(
+                    lambda: workflow.all_handlers_finished() or self.ops.has_work()
+                )
+                if self.ops.idle() and workflow.all_handlers_finished():
                     workflow.continue_as_new(self._carry())
 
     def _check_due(self) -> bool:
         return self.desired is not None and (self.check_now or workflow.now() >= self.next_check)
+
+    def _idle_check_due(self) -> bool:
+        return self.ops.idle() and self._check_due()
 
     def _until_check(self) -> timedelta | None:
         if self.desired is None:
@@ -261,60 +271,40 @@ class ServiceWorkflow:
 
     # ---- operations ---------------------------------------------------------
 
-    async def _start_op(
-        self, op_id: str, direction: Direction, compute: Compute, target: int | None, reason: str
-    ) -> workflow.ChildWorkflowHandle[Any, Any]:
-        cfg = {"compute": compute.name, "connector": compute.connector, "service": self.name}
-        return await workflow.start_child_workflow(
+    async def _start(self, entry: Entry, given: bool) -> workflow.ChildWorkflowHandle[Any, Any]:
+        op: _Op = entry.args
+        direction = Direction(entry.kind)
+        cfg = {"compute": op.compute.name, "connector": op.compute.connector, "service": self.name}
+        return await start_operation(
             ServiceScaleWorkflow.run,
             ServiceOpInput(
-                op_id=op_id,
+                op_id=entry.op_id,
                 service=self.name,
-                compute=compute,
+                compute=op.compute,
                 direction=direction,
-                target=target,
-                reason=reason,
-                queued=reason == "api",
+                target=op.target,
+                reason=entry.reason,
+                queued=not given,
             ),
-            id=op_id,
-            memo={
-                "Direction": direction.value,
-                "Provider": PROVIDER,
-                "ProviderCfg": cfg,
-                "Service": self.name,
-                "Reason": reason,
-            },
-            search_attributes=TypedSearchAttributes(
-                [
-                    SearchAttributePair(attributes.POOL, service_pool(self.name)),
-                    SearchAttributePair(attributes.DIRECTION, direction.value),
-                    SearchAttributePair(attributes.PROVIDER, PROVIDER),
-                ]
-            ),
-            parent_close_policy=workflow.ParentClosePolicy.REQUEST_CANCEL,
+            op_id=entry.op_id,
+            direction=direction.value,
+            provider=PROVIDER,
+            provider_cfg=cfg,
+            pool=service_pool(self.name),
+            reason=entry.reason,
+            memo_extra={"Service": self.name},
         )
 
-    async def _run_next(self) -> None:
-        op_id = self.queue[0]
-        await workflow.wait_condition(lambda: op_id in self.handles)
-        handle = self.handles[op_id]
-        self.running = op_id
-        try:
-            # Closed while queued (cancelled): waiting on it below just ends.
-            with contextlib.suppress(Exception):
-                await handle.signal(ServiceScaleWorkflow.go)
-            await self._follow(handle)
-        finally:
-            self.queue.pop(0)
-            self.handles.pop(op_id, None)
-            self.running = None
+    async def _go(self, entry: Entry) -> None:
+        assert entry.handle is not None
+        await entry.handle.signal(ServiceScaleWorkflow.go)
 
-    async def _follow(self, handle: workflow.ChildWorkflowHandle[Any, Any]) -> None:
-        try:
-            result: ServiceOpResult = await handle
-        except ChildWorkflowError as err:
-            self.last_error = _failure_message(err)
+    def _closed(self, entry: Entry) -> None:
+        if not entry.ok:
+            if entry.error is not None:
+                self.last_error = _failure_message(entry.error)
             return
+        result: ServiceOpResult = entry.result
         self.protocol = result.protocol or self.protocol
         if result.running is not None:
             self.observed = result.running
@@ -323,28 +313,28 @@ class ServiceWorkflow:
 
     @workflow.update
     async def step(self, req: StepRequest) -> str:
-        """Queue one resource more or less; answers the operation's id at once."""
-        op_id = str(workflow.uuid4())
-        # Queued before the await, so the order is the order of acceptance.
-        self.queue.append(op_id)
-        try:
-            handle = await self._start_op(op_id, req.direction, req.compute, None, "api")
-        except BaseException:
-            self.queue.remove(op_id)
-            raise
-        self.handles[op_id] = handle
+        """Queue one resource more or less; answers the operation's id once it started."""
+        entry = self.ops.accept(
+            Entry(
+                op_id=op_id_from_update(),
+                kind=req.direction.value,
+                reason="api",
+                count=1,
+                args=_Op(compute=req.compute),
+            )
+        )
         self.compute = req.compute
         if self.desired is not None:
             # A kept count moves with a manual step, or the next check would undo it.
             delta = 1 if req.direction == Direction.OUT else -1
             self.desired = min(MAX_RESOURCES, max(0, self.desired + delta))
-        return op_id
+        return await self.ops.started(entry.op_id)
 
     @step.validator
     def _check_step(self, req: StepRequest) -> None:
         problem = connector_problem(req.compute.connector)
         if problem:
-            raise _reject(ErrorKind.INVALID, problem)
+            raise reject(ErrorKind.INVALID, problem)
 
     # ---- the desired count ------------------------------------------------------
 
@@ -359,11 +349,9 @@ class ServiceWorkflow:
     @set_desired.validator
     def _check_desired(self, req: DesiredRequest) -> None:
         if not 0 <= req.number <= MAX_RESOURCES:
-            raise _reject(
-                ErrorKind.INVALID, f"number must be an integer from 0 to {MAX_RESOURCES}."
-            )
+            raise reject(ErrorKind.INVALID, f"number must be an integer from 0 to {MAX_RESOURCES}.")
         if req.compute is None and self.compute is None:
-            raise _reject(
+            raise reject(
                 ErrorKind.INVALID,
                 f"No compute known for service {self.name}: give one with 'compute'.",
             )
@@ -411,13 +399,16 @@ class ServiceWorkflow:
             return
         op_id = str(workflow.uuid4())
         direction = Direction.OUT if desired > status.running else Direction.IN
-        handle = await self._start_op(op_id, direction, compute, desired, "reconcile")
+        self.ops.accept(
+            Entry(
+                op_id=op_id,
+                kind=direction.value,
+                reason="reconcile",
+                count=abs(desired - status.running),
+                args=_Op(compute=compute, target=desired),
+            )
+        )
         self.corrections = [*self.corrections, op_id][-CORRECTIONS_KEPT:]
-        self.running = op_id
-        try:
-            await self._follow(handle)
-        finally:
-            self.running = None
 
     @workflow.update
     def ensure(self) -> ServiceView:
@@ -435,7 +426,15 @@ class ServiceWorkflow:
             protocol=self.protocol,
             last_error=self.last_error,
             period_s=self.period.total_seconds(),
-            running=self.running,
-            queue=list(self.queue),
+            running=self.ops.running_id(),
+            queue=self.ops.ids(),
             corrections=list(self.corrections),
         )
+
+
+@dataclass
+class _Op:
+    """What a queued service operation needs to start."""
+
+    compute: Compute
+    target: int | None = None
