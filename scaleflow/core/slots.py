@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import binascii
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -100,6 +101,70 @@ class SlotMap(BaseModel):
         for r in self.ranges:
             owners[r.start : r.end + 1] = [r.node] * r.size
         return owners
+
+    def idle(self, nodes: Iterable[str]) -> list[str]:
+        """Those of ``nodes`` that the map still addresses although they own no slot."""
+        owners = {r.node for r in self.ranges}
+        return [n for n in nodes if n in self.addresses and n not in owners]
+
+    def knows(self, addresses: dict[str, str]) -> bool:
+        """Whether every one of these nodes is in the map at this address already."""
+        return {**self.addresses, **addresses} == self.addresses
+
+    def handover(self, source: str, target: str) -> list[Move]:
+        """Moves that give every range ``source`` owns to ``target``."""
+        return [Move(start=a, end=b, source=source, target=target) for a, b in self.owned(source)]
+
+    # Edits: each returns a new map one epoch on, so clients and workflows that hold
+    # an older map can tell it is stale. None of them mutates ``self``.
+
+    def _next(self, **update: Any) -> SlotMap:
+        return self.model_copy(update={"epoch": self.epoch + 1, **update})
+
+    def with_addresses(self, addresses: dict[str, str]) -> SlotMap:
+        """These nodes' addresses added (or changed); no slot changes owner."""
+        return self._next(addresses={**self.addresses, **addresses})
+
+    def joined(self, addresses: dict[str, str]) -> SlotMap:
+        """The map with these nodes as members. A map without slots gives all of them to
+        the nodes, in order; otherwise only their addresses are added (slots move later,
+        by a plan)."""
+        if not self.ranges:
+            return initial_map(list(addresses), addresses, epoch=self.epoch + 1)
+        return self.with_addresses(addresses)
+
+    def without(self, nodes: Iterable[str]) -> SlotMap:
+        """These nodes' addresses dropped, so that clients let go of them."""
+        gone = set(nodes)
+        owning = gone & {r.node for r in self.ranges}
+        if owning:
+            raise ValueError(f"nodes still own slots: {sorted(owning)}")
+        return self._next(addresses={k: v for k, v in self.addresses.items() if k not in gone})
+
+    def cleared(self) -> SlotMap:
+        """No slot, move or node left: the pool's last node is leaving with its keys."""
+        return SlotMap(epoch=self.epoch + 1)
+
+    def reassigned(self, moves: Iterable[Move]) -> SlotMap:
+        """Each move's slots given to its target at once, with no copy (no keys to copy)."""
+        changed = self
+        for mv in moves:
+            changed = changed.model_copy(update={"ranges": apply_move(changed, mv)})
+        return changed._next()
+
+    def marked_moving(self, move: Move) -> SlotMap:
+        """``move``'s range marked moving: clients write to its target and read the
+        target first, then the source, while its keys are copied."""
+        epoch = self.epoch + 1
+        moving = MovingRange(
+            start=move.start, end=move.end, source=move.source, target=move.target, epoch=epoch
+        )
+        return self._next(moving=[*self.moving, moving])
+
+    def moved(self, move: Move) -> SlotMap:
+        """``move`` done: its target owns its slots, and its range no longer moves."""
+        still = [m for m in self.moving if (m.start, m.end) != (move.start, move.end)]
+        return self._next(ranges=apply_move(self, move), moving=still)
 
 
 def merge(ranges: Iterable[SlotRange]) -> list[SlotRange]:

@@ -25,7 +25,7 @@ with workflow.unsafe.imports_passed_through():
         PurgeInput,
     )
     from scaleflow.core.models import ActivityReport
-    from scaleflow.core.slots import Move, MovingRange, SlotMap, apply_move
+    from scaleflow.core.slots import Move, SlotMap
 
 MAP_SIGNAL = "slot_map_changed"
 
@@ -75,8 +75,8 @@ class SlotMigrationWorkflow:
             raise asyncio.CancelledError()
         return MigrationResult(slot_map=self.map, moved=self.done, keys=self.keys)
 
-    async def _change(self, inp: MigrationInput, **update: object) -> None:
-        self.map = self.map.model_copy(update={"epoch": self.map.epoch + 1, **update})
+    async def _change(self, inp: MigrationInput, slot_map: SlotMap) -> None:
+        self.map = slot_map
         await publish(self.map, inp.notify)
 
     async def _grace(self, inp: MigrationInput) -> None:
@@ -84,8 +84,7 @@ class SlotMigrationWorkflow:
             await workflow.sleep(timedelta(seconds=inp.grace_s))
 
     async def _move(self, inp: MigrationInput, mv: Move) -> None:
-        moving = MovingRange(**mv.model_dump(), epoch=self.map.epoch + 1)
-        await self._change(inp, moving=[*self.map.moving, moving])
+        await self._change(inp, self.map.marked_moving(mv))
         await self._grace(inp)
         result = await workflow.execute_activity(
             "migrate_range",
@@ -99,8 +98,7 @@ class SlotMigrationWorkflow:
             **options.long_running(600),
         )
         self.keys += result.keys
-        still_moving = [m for m in self.map.moving if (m.start, m.end) != (mv.start, mv.end)]
-        await self._change(inp, ranges=apply_move(self.map, mv), moving=still_moving)
+        await self._change(inp, self.map.moved(mv))
         self.done.append(mv)
         if inp.purge:
             await self._grace(inp)

@@ -12,9 +12,9 @@ from scaleflow.workflows.migration import MAP_SIGNAL, SlotMigrationWorkflow, pub
 
 with workflow.unsafe.imports_passed_through():
     from scaleflow.core.activity_io import DrainInput, DrainResult, TerminateInput
-    from scaleflow.core.migration_io import MigrationInput, MigrationResult
+    from scaleflow.core.migration_io import MigrationInput, MigrationResult, PurgeInput
     from scaleflow.core.models import ActivityReport, Node, NodeChange, OperationInput, PoolSnapshot
-    from scaleflow.core.slots import Move, SlotMap, apply_move, initial_map, plan
+    from scaleflow.core.slots import Move, SlotMap, plan
 
 DRAIN_SLICE_S = 30.0
 DRAIN_POLL = timedelta(seconds=2)
@@ -63,44 +63,45 @@ class OperationBase:
 
     def joined_map(self, members: list[Node]) -> SlotMap | None:
         """The map once ``members`` are in it: every slot to them if there is no map
-        yet, else the same ranges with their addresses known (moves come after)."""
+        yet, else the same ranges with their addresses known (moves come after).
+        None when there is nothing to change."""
         addresses = {n.id: n.address or "" for n in members}
-        if not members:
+        if not members or (self.map.ranges and self.map.knows(addresses)):
             return None
-        if not self.map.ranges:
-            return initial_map([n.id for n in members], addresses, epoch=self.map.epoch + 1)
-        known = {**self.map.addresses, **addresses}
-        if known == self.map.addresses:
-            return None
-        return self.map.model_copy(update={"epoch": self.map.epoch + 1, "addresses": known})
+        return self.map.joined(addresses)
 
     async def set_map(self, slot_map: SlotMap) -> None:
         self.map = slot_map
         pool = self.pool_id()
         await publish(slot_map, [pool] if pool else [])
 
-    async def rebalance(self, inp: OperationInput, members: list[Node], purge: bool) -> None:
-        """Spread the slots evenly over ``members``, moving the fewest."""
-        ids = [n.id for n in members]
-        addresses = {n.id: n.address or "" for n in members}
-        if not ids:
-            return
-        if not self.map.ranges:
-            await self.set_map(initial_map(ids, addresses, epoch=self.map.epoch + 1))
-            return
-        known = {**self.map.addresses, **addresses}
-        if known != self.map.addresses:
-            await self.set_map(
-                self.map.model_copy(update={"epoch": self.map.epoch + 1, "addresses": known})
-            )
-        await self.migrate(inp, plan(self.map, ids), purge)
+    async def rebalance(
+        self, inp: OperationInput, members: list[Node], purge: bool, stale_targets: bool = False
+    ) -> None:
+        """Spread the slots evenly over ``members``, moving the fewest.
 
-    async def migrate(self, inp: OperationInput, moves: list[Move], purge: bool) -> None:
+        ``stale_targets``: members may still hold old copies of the slots they are given
+        (they gave them away without a purge); those copies are deleted first."""
+        if not members:
+            return
+        fresh = not self.map.ranges
+        joined = self.joined_map(members)
+        if joined is not None:
+            await self.set_map(joined)
+        if fresh:
+            return  # a first map is even already
+        await self.migrate(inp, plan(self.map, [n.id for n in members]), purge, stale_targets)
+
+    async def migrate(
+        self, inp: OperationInput, moves: list[Move], purge: bool, stale_targets: bool = False
+    ) -> None:
         """Run ``moves`` as a child ``SlotMigrationWorkflow``; the map follows it."""
         if moves and workflow.patched(CACHELESS_MOVES):
             moves = await self._reassign_cacheless(moves)
         if not moves:
             return
+        if stale_targets:
+            await self._purge_targets(inp, moves)
         self._migrations += 1
         pool = self.pool_id()
         notify = [pool] if pool else []
@@ -121,34 +122,41 @@ class OperationBase:
         )
         self.slot_map_changed(result.slot_map)
 
+    async def _purge_targets(self, inp: OperationInput, moves: list[Move]) -> None:
+        """Delete what each target still holds of the range it is about to get: the copy
+        only ``add``s, so an old copy would shadow newer values and bring deleted keys
+        back. No client writes there meanwhile: the target neither owns the range nor
+        has it marked moving to it yet."""
+        for mv in moves:
+            await workflow.execute_activity(
+                "purge_range",
+                PurgeInput(
+                    move=mv,
+                    address=self.map.addresses[mv.target],
+                    rate_mb_s=inp.config.migration_rate_mb_s,
+                ),
+                result_type=ActivityReport,
+                **options.long_running(600),
+            )
+
     async def _reassign_cacheless(self, moves: list[Move]) -> list[Move]:
         """Moves from or to a node with no address (a ``no-op`` provider's) have no keys
         to copy: their slots change owner in one map update. The rest are returned."""
         addresses = self.map.addresses
         bare = [m for m in moves if not (addresses.get(m.source) and addresses.get(m.target))]
         if bare:
-            changed = self.map
-            for mv in bare:
-                changed = changed.model_copy(update={"ranges": apply_move(changed, mv)})
-            await self.set_map(changed.model_copy(update={"epoch": self.map.epoch + 1}))
+            await self.set_map(self.map.reassigned(bare))
         return [m for m in moves if m not in bare]
 
     async def add_address(self, node: Node) -> None:
         if self.map.ranges and self.map.addresses.get(node.id) != node.address:
-            addresses = {**self.map.addresses, node.id: node.address or ""}
-            await self.set_map(
-                self.map.model_copy(update={"epoch": self.map.epoch + 1, "addresses": addresses})
-            )
+            await self.set_map(self.map.with_addresses({node.id: node.address or ""}))
 
     async def forget(self, node_ids: list[str]) -> None:
         """Drop nodes that own no slots from the map, so clients let go of them."""
-        owners = {r.node for r in self.map.ranges}
-        gone = [n for n in node_ids if n in self.map.addresses and n not in owners]
+        gone = self.map.idle(node_ids)
         if gone:
-            addresses = {k: v for k, v in self.map.addresses.items() if k not in gone}
-            await self.set_map(
-                self.map.model_copy(update={"epoch": self.map.epoch + 1, "addresses": addresses})
-            )
+            await self.set_map(self.map.without(gone))
 
     async def drain(self, inp: OperationInput, node: Node) -> DrainResult:
         """Drain in slices until done or until the deadline passes in workflow time.

@@ -26,7 +26,6 @@ with workflow.unsafe.imports_passed_through():
         OperationResult,
         PoolConfig,
     )
-    from scaleflow.core.slots import Move
 
 APPLIED_SIGNAL = "cache_settings_applied"
 
@@ -81,11 +80,8 @@ class ConfigRolloutWorkflow(OperationBase):
     async def _replace(self, inp: OperationInput, old: Node, new: Node) -> None:
         draining = old.model_copy(update={"state": NodeState.DRAINING})
         await self.report(inp.op_id, draining)
-        moves = [
-            Move(start=a, end=b, source=old.id, target=new.id) for a, b in self.map.owned(old.id)
-        ]
         try:
-            await self.migrate(inp, moves, purge=False)
+            await self.migrate(inp, self.map.handover(old.id, new.id), purge=False)
         except BaseException:
             await self.report(inp.op_id, old)
             if not any(r.node == new.id for r in self.map.ranges):

@@ -25,7 +25,9 @@ with workflow.unsafe.imports_passed_through():
         Selector,
     )
     from scaleflow.core.selection import candidates, select_node
-    from scaleflow.core.slots import SlotMap
+
+# workflow.patched id: a drain cut short gives the node its slots (and keys) back.
+RESTORE_SLOTS = "scale-in-restores-slots"
 
 
 @workflow.defn
@@ -71,8 +73,9 @@ class ScaleInWorkflow(OperationBase):
         draining = node.model_copy(update={"state": NodeState.DRAINING})
         # Clients stop being given the node before the drain waits on them.
         await self.report(inp.op_id, draining)
+        slotted = inp.config.engine == Engine.MEMCACHED and bool(self.map.ranges)
         try:
-            if inp.config.engine == Engine.MEMCACHED and self.map.ranges:
+            if slotted:
                 if stay:
                     # Its slots (and keys) move away first; the node is dropped from the
                     # map, so clients close their connections and the drain can end.
@@ -80,10 +83,16 @@ class ScaleInWorkflow(OperationBase):
                     await self.forget([node.id])
                 else:
                     # The last node (terminate_all): the pool's cache goes with it.
-                    await self.set_map(SlotMap(epoch=self.map.epoch + 1))
+                    await self.set_map(self.map.cleared())
             await self.drain(inp, draining)
         except BaseException:
-            await self.report(inp.op_id, node.model_copy(update={"state": NodeState.READY}))
+            try:
+                if slotted and workflow.patched(RESTORE_SLOTS):
+                    await self._restore(inp, node, stay)
+            finally:
+                # Back in service even if not every slot could be moved back: no later
+                # operation would end a node left draining, while a member is rebalanced.
+                await self.report(inp.op_id, node.model_copy(update={"state": NodeState.READY}))
             raise
         gone = node.model_copy(update={"state": NodeState.TERMINATED})
         try:
@@ -95,3 +104,9 @@ class ScaleInWorkflow(OperationBase):
             raise
         # A node whose termination failed for good stays "draining", for an operator to see.
         await self.report(inp.op_id, gone)
+
+    async def _restore(self, inp: OperationInput, node: Node, stay: list[Node]) -> None:
+        """Undo a removal cut short, as a cancelled scale-out moves its slots back: the
+        node gets an even share of the slots again, their keys copied back to it by the
+        same migration. What it kept of them from before is stale, so it goes first."""
+        await self.rebalance(inp, [*stay, node], purge=True, stale_targets=True)
