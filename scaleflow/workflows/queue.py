@@ -120,7 +120,7 @@ class OperationQueue:
         return not self.entries
 
     def has_work(self) -> bool:
-        """Something for the loop's :meth:`step` to do."""
+        """Something for :meth:`reap`, :meth:`dispatch` or :meth:`start_new` to do."""
         if self.running is not None:
             return self.running.done or self._unstarted() is not None
         return bool(self.entries)
@@ -143,15 +143,24 @@ class OperationQueue:
             self.running = None
         return closed
 
-    async def step(
-        self,
-        start: Callable[[Entry, bool], Awaitable[workflow.ChildWorkflowHandle[Any, Any]]],
-        go: Callable[[Entry], Awaitable[None]],
-    ) -> None:
-        """Start every new entry's child, in order, then hand out the turn.
+    async def dispatch(self, go: Callable[[Entry], Awaitable[None]]) -> None:
+        """Give the turn to the head if it was started while another ran."""
+        if self.running is not None or not self.entries or self.entries[0].handle is None:
+            return
+        head = self.entries[0]
+        self._run(head)
+        # A child closed while queued (cancelled) cannot take the signal; its watcher
+        # reaps it on the next step.
+        try:
+            await go(head)
+        except Exception:
+            workflow.logger.info("operation %s closed before its turn", head.op_id)
 
-        ``start(entry, given)`` starts the child (with its snapshot when ``given``);
-        ``go(entry)`` gives a child that was started while another ran its turn."""
+    async def start_new(
+        self, start: Callable[[Entry, bool], Awaitable[workflow.ChildWorkflowHandle[Any, Any]]]
+    ) -> None:
+        """Start every new entry's child, in order; one that finds the entity idle is
+        ``given`` its turn with its start (``start(entry, given)`` passes the snapshot)."""
         while (entry := self._unstarted()) is not None:
             given = self.running is None and entry is self.entries[0]
             try:
@@ -164,15 +173,6 @@ class OperationQueue:
             entry.given = given
             if given:
                 self._run(entry)
-        if self.running is None and self.entries:
-            head = self.entries[0]
-            self._run(head)
-            # A child closed while queued (cancelled) cannot take the signal; its
-            # watcher reaps it on the next step.
-            try:
-                await go(head)
-            except Exception:
-                workflow.logger.info("operation %s closed before its turn", head.op_id)
 
     def _run(self, entry: Entry) -> None:
         self.running = entry

@@ -229,11 +229,13 @@ class ServiceWorkflow:
                     lambda: self.ops.has_work() or self._idle_check_due() or self._may_end(),
                     timeout=self._until_check() if self.ops.idle() else None,
                 )
+            # History-driven work first, requests just accepted last (see PoolWorkflow).
             for entry in self.ops.reap():
                 self._closed(entry)
+            await self.ops.dispatch(self._go)
             if self._idle_check_due():
                 await self._reconcile()
-            await self.ops.step(self._start, self._go)
+            await self.ops.start_new(self._start)
             if self._may_end() and self.ops.idle():
                 # Handlers may wait on this loop (a child's start): keep serving them.
                 await workflow.wait_condition(

@@ -106,10 +106,13 @@ class PoolWorkflow:
                     workflow.continue_as_new(self._carry())
 
     async def _step(self) -> None:
-        # Finished operations first, then decisions, then new work: the same order
-        # whichever way the server grouped what arrived into workflow tasks.
+        # What history events caused comes first (a closed operation, the next one's
+        # turn), then decisions, then children for requests just accepted. A request
+        # can reach the worker in the same activation as the events before it (a
+        # workflow task rebuilt after an eviction), so its commands must come last.
         for entry in self.ops.reap():
             self._closed(entry)
+        await self.ops.dispatch(self._go)
         for reading in self._take_readings():
             self._decide(reading)
         if self.sync_needed and self.ops.idle():
@@ -122,7 +125,7 @@ class PoolWorkflow:
                 MIN_COUNT_REASON,
                 str(workflow.uuid4()),
             )
-        await self.ops.step(self._start, self._go)
+        await self.ops.start_new(self._start)
 
     def _queued_work(self) -> bool:
         return self.ops.has_work() or bool(self.statistics.readings)
