@@ -59,7 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "dev":
         from scaleflow.stack import run_dev
 
-        asyncio.run(run_dev(settings))
+        try:
+            asyncio.run(run_dev(settings))
+        except KeyboardInterrupt:
+            return 130  # Ctrl-C before the stack took over the signal: nothing to stop
         return 0
     if args.command == "worker":
         from scaleflow.worker import run

@@ -1,34 +1,41 @@
 """``scaleflow dev``: the whole embedded stack in one process tree.
 
-Ctrl-C stops the API, the worker, the dev server and the local provider's memcached
-nodes. Node records stay in ``var/nodes``, and the next start brings each node back
-on its port, so pools keep their members across restarts (cache contents do not
-survive: memcached keeps nothing on disk).
+Ctrl-C or SIGTERM (to the process or its whole group) stops the API, the worker, the
+dev server and the local provider's memcached nodes. Node records stay in ``var/nodes``,
+and the next start brings each node back on its port, so pools keep their members
+across restarts (cache contents do not survive: memcached keeps nothing on disk).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import fcntl
 import logging
+import os
+import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import uvicorn
 from temporalio.client import Client
+from temporalio.worker import Worker
 
 from scaleflow.activities.providers.local import LocalProvider
 from scaleflow.api.app import create_app
 from scaleflow.api.temporal import upsert_pool
 from scaleflow.core.models import Engine, PoolConfig, PoolInit, ProviderName
 from scaleflow.core.settings import Settings
-from scaleflow.devserver import start_dev_server
+from scaleflow.devserver import dev_server_args
 from scaleflow.temporal import connect
 from scaleflow.worker import build_worker
 from scaleflow.workflows.pool import PoolWorkflow
 
 log = logging.getLogger(__name__)
+# How long a stop waits for the worker to hand back its tasks.
+WORKER_STOP_S = 5.0
 
 
 def default_pool(settings: Settings) -> PoolConfig:
@@ -77,13 +84,98 @@ async def run_dev(settings: Settings) -> None:
         await _run_dev(settings)
 
 
+def start_own_dev_server(settings: Settings) -> subprocess.Popen[bytes]:
+    """The dev server, out of this process group but never outliving this process.
+
+    A signal to the group (what stopping ``make run`` sends) would otherwise stop the
+    server at once, and the worker could not hand back its tasks. The stack stops it
+    itself, last; if the stack is killed outright, the kernel stops it (Linux).
+    """
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    with (settings.state_dir / "temporal.log").open("ab") as out:
+        return subprocess.Popen(
+            dev_server_args(settings),
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+            preexec_fn=_die_with_parent if _LIBC is not None else None,
+        )
+
+
+# Loaded before any fork: the child may only make the one call.
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    assert _LIBC is not None
+    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class Shutdown:
+    """Ctrl-C and SIGTERM both stop the stack in order: API, worker, nodes, dev server.
+
+    Python's default for SIGTERM ends the process at once, skipping every ``finally``,
+    so the memcached nodes (in sessions of their own) outlived it. uvicorn catches both
+    signals while it serves and raises them again once it has stopped; this handler is
+    the one they then reach, so the clean-up runs instead of a bare exit.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.main = asyncio.current_task()
+        self.api: uvicorn.Server | None = None
+        self.requested = False
+
+    def install(self) -> None:
+        for sig in self.SIGNALS:
+            asyncio.get_running_loop().add_signal_handler(sig, self.request)
+
+    def request(self) -> None:
+        if self.api is not None:
+            self.api.should_exit = True  # serving: let uvicorn stop in order
+        elif not self.requested and self.main is not None:
+            self.main.cancel()  # still starting: unwind into the clean-up, once
+        self.requested = True
+
+    def uninstall(self) -> None:
+        for sig in self.SIGNALS:
+            asyncio.get_running_loop().remove_signal_handler(sig)
+
+
+async def stop_worker(worker: Worker, server: subprocess.Popen[bytes]) -> bool:
+    """Stop the worker within ``WORKER_STOP_S``; False if it is still stopping.
+
+    A graceful stop hands the last tasks back to the server; with the server gone it
+    would retry those calls for far longer than a stop may take.
+    """
+    stopping = asyncio.create_task(worker.__aexit__(None, None, None))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + WORKER_STOP_S
+    while not stopping.done() and server.poll() is None and loop.time() < deadline:
+        await asyncio.wait({stopping}, timeout=0.1)
+    if not stopping.done():
+        return False
+    if not stopping.cancelled() and stopping.exception() is not None:
+        log.warning("the worker stopped with an error: %r", stopping.exception())
+    return True
+
+
 async def _run_dev(settings: Settings) -> None:
+    shutdown = Shutdown()
+    shutdown.install()
     local = LocalProvider(settings)
-    revived = await asyncio.to_thread(local.revive_all)
-    if revived:
-        log.info("restarted %d recorded memcached nodes", len(revived))
-    server = start_dev_server(settings)
+    server: subprocess.Popen[bytes] | None = None
+    worker: Worker | None = None
+    stopped_worker = True
     try:
+        # In the loop's thread on purpose: a signal meanwhile is handled once it is
+        # done, so no node can start after the clean-up below has stopped them all.
+        revived = local.revive_all()
+        if revived:
+            log.info("restarted %d recorded memcached nodes", len(revived))
+        server = start_own_dev_server(settings)
         client = await connect(settings, attempts=240, delay_s=0.25)
         log.info(
             "temporal dev server at %s, UI at http://127.0.0.1:%d",
@@ -98,12 +190,32 @@ async def _run_dev(settings: Settings) -> None:
                 log_config=None,
             )
         )
-        async with build_worker(client, settings):
-            if settings.default_pool:
-                await ensure_default_pool(client, settings)
-            log.info("API at http://%s:%d", settings.api_host, settings.api_port)
+        starting = build_worker(client, settings)
+        await starting.__aenter__()
+        worker = starting
+        if settings.default_pool:
+            await ensure_default_pool(client, settings)
+        log.info("API at http://%s:%d", settings.api_host, settings.api_port)
+        shutdown.api = api
+        if not shutdown.requested:
             await api.serve()
+    except (asyncio.CancelledError, Exception) as exc:
+        if not shutdown.requested:
+            raise
+        # The cancel may surface as the SDK's own error (an update cut short, say).
+        log.info("stopped while starting (%s)", type(exc).__name__)
     finally:
-        stopped = await asyncio.to_thread(local.stop_all)
+        # Runs to the end: a second signal only asks for what is already under way.
+        if worker is not None and server is not None:
+            stopped_worker = await stop_worker(worker, server)
+        stopped = local.stop_all()
         log.info("stopped %d memcached nodes (records kept in %s)", len(stopped), local.dir)
-        stop_process(server)
+        if server is not None:
+            stop_process(server)
+        shutdown.uninstall()
+    if not stopped_worker:
+        # Its leftover tasks would hold up the interpreter's exit for as long as they
+        # keep retrying a server that is gone; everything else has been stopped.
+        log.warning("the worker did not stop within %gs; exiting without it", WORKER_STOP_S)
+        logging.shutdown()
+        os._exit(0)

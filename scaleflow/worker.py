@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
 
+from temporalio import activity
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.worker import (
+    ActivityInboundInterceptor,
+    ExecuteActivityInput,
+    Interceptor,
+    Worker,
+)
 
 from scaleflow.activities.connector import ConnectorActivities
 from scaleflow.activities.data_clear import DataClearActivities
@@ -64,7 +73,80 @@ def activities(settings: Settings) -> list[object]:
     ]
 
 
+# ---- test hook: a worker that dies right after its N-th completed activity ----------
+
+# Count completed activities (regular and local) into this file, one line each.
+TEST_COUNTER_ENV = "SCALEFLOW_TEST_KILL_COUNTER"
+# SIGKILL the worker right after the N-th completed activity returns (unset or 0: count only).
+TEST_KILL_AFTER_ENV = "SCALEFLOW_TEST_KILL_AFTER_ACTIVITIES"
+# Only count activities of these workflow types (comma-separated; unset: all).
+TEST_WORKFLOW_TYPES_ENV = "SCALEFLOW_TEST_KILL_WORKFLOW_TYPES"
+
+
+class ActivityKillHook(Interceptor):
+    """Counts completed activities across the process and SIGKILLs it after the N-th.
+
+    The kill comes before the SDK reports the result, so the server never sees it: the
+    activity runs again on another worker, which is what idempotency must survive. The
+    count resumes from the file, so a worker started again with the same file does not
+    die at the same N twice.
+    """
+
+    def __init__(
+        self, counter: Path | None, kill_after: int, workflow_types: frozenset[str]
+    ) -> None:
+        self.counter = counter
+        self.kill_after = kill_after
+        self.workflow_types = workflow_types
+        self.count = 0
+        if counter is not None and counter.exists():
+            self.count = len(counter.read_text().splitlines())
+
+    def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:
+        return _CountingActivity(next, self)
+
+    def completed(self, info: activity.Info) -> None:
+        if self.workflow_types and info.workflow_type not in self.workflow_types:
+            return
+        # No await between read and write: activities finish on the one event loop.
+        self.count += 1
+        if self.counter is not None:
+            kind = "local" if info.is_local else "remote"
+            with self.counter.open("a") as fh:
+                fh.write(f"{self.count} {info.activity_type} {kind} {info.workflow_id}\n")
+        if self.count == self.kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    @classmethod
+    def from_env(cls) -> ActivityKillHook | None:
+        counter = os.environ.get(TEST_COUNTER_ENV)
+        kill_after = int(os.environ.get(TEST_KILL_AFTER_ENV) or 0)
+        if not counter and not kill_after:
+            return None
+        types = os.environ.get(TEST_WORKFLOW_TYPES_ENV, "")
+        return cls(
+            Path(counter) if counter else None,
+            kill_after,
+            frozenset(t.strip() for t in types.split(",") if t.strip()),
+        )
+
+
+class _CountingActivity(ActivityInboundInterceptor):
+    def __init__(self, next: ActivityInboundInterceptor, hook: ActivityKillHook) -> None:
+        super().__init__(next)
+        self.hook = hook
+
+    async def execute_activity(self, input: ExecuteActivityInput) -> Any:
+        result = await self.next.execute_activity(input)
+        # Only returns count: a failed attempt is retried, it did not complete.
+        self.hook.completed(activity.info())
+        return result
+
+
 def build_worker(client: Client, settings: Settings) -> Worker:
+    hook = ActivityKillHook.from_env()
+    if hook is not None:
+        log.warning("test hook: counting activities (kill after %s)", hook.kill_after or "never")
     # Activities are blocking (processes, sockets, boto3): they run in threads.
     return Worker(
         client,
@@ -73,6 +155,7 @@ def build_worker(client: Client, settings: Settings) -> Worker:
         activities=activities(settings),
         activity_executor=ThreadPoolExecutor(max_workers=64),
         max_concurrent_activities=64,
+        interceptors=[hook] if hook is not None else [],
     )
 
 

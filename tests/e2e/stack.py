@@ -60,6 +60,8 @@ class WorkerProcess:
     settings: Settings
     proc: subprocess.Popen[bytes] | None = None
     log: Path | None = None
+    # More environment for the worker (test hooks, AWS and Nomad endpoints).
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     def env(self) -> dict[str, str]:
         s = self.settings
@@ -72,6 +74,7 @@ class WorkerProcess:
             SCALEFLOW_DRAIN_POLL_INTERVAL_S=str(s.drain_poll_interval_s),
             PYTHONPATH=str(ROOT),
         )
+        env.update(self.extra_env)
         return env
 
     def start(self) -> None:

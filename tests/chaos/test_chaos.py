@@ -1,0 +1,83 @@
+"""Every activity boundary of every kind of operation, crossed by a SIGKILLed worker
+and by a cancel: the operation must end right and leave the pool whole.
+
+For each operation, a run with no fault counts its k activities from the history;
+then N = 1..k are each a case of their own (run a few at a time, on one dev server).
+``tests/chaos/harness.py`` says what a case checks. The table is printed here (-s)
+and at the end of the run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio.testing import WorkflowEnvironment
+
+from tests.chaos.harness import (
+    OPERATIONS,
+    ROWS,
+    Aws,
+    Env,
+    Operation,
+    Row,
+    run_case,
+    run_matrix,
+    table,
+)
+from tests.doubles.nomad_double import start_nomad_double
+
+# One baseline per operation, shared by its kill and cancel matrices.
+BASELINES: dict[str, Row] = {}
+
+
+@pytest.fixture
+def env(
+    request: pytest.FixtureRequest,
+    dev_env: WorkflowEnvironment,
+    tmp_path_factory: pytest.TempPathFactory,
+    op: Operation,
+) -> Iterator[Env]:
+    def tmp(name: str) -> Path:
+        return tmp_path_factory.mktemp(name)
+
+    if not op.nomad:
+        yield Env(dev_env.client, tmp)
+        return
+    # Fixtures of the nomad engine's cases only: moto's server and the Nomad double.
+    moto_url: str = request.getfixturevalue("moto_url")
+    make_asg: Callable[..., str] = request.getfixturevalue("make_asg")
+    autoscaling: Any = request.getfixturevalue("autoscaling")
+    ec2: Any = request.getfixturevalue("ec2")
+    double, url = start_nomad_double()
+    try:
+        aws = Aws(moto_url, autoscaling, ec2, make_asg, double, url)
+        yield Env(dev_env.client, tmp, aws)
+    finally:
+        double.stop()
+
+
+async def baseline(env: Env, op: Operation) -> Row:
+    if op.name not in BASELINES:
+        row = await run_case(env, op, 0, "none")
+        BASELINES[op.name] = row
+        ROWS.append(row)
+        print(f"\n{op.name}: {len(row.activities)} activities: {row.activities}")
+    return BASELINES[op.name]
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("mode", ["kill", "cancel"])
+@pytest.mark.parametrize("op", OPERATIONS, ids=[o.name for o in OPERATIONS])
+async def test_every_activity_boundary(env: Env, op: Operation, mode: str) -> None:
+    base = await baseline(env, op)
+    assert base.ok, f"the run without a fault already fails:\n{table([base])}"
+    k = len(base.activities)
+    assert k > 0, "the operation ran no activity"
+    rows = await run_matrix(env, op, mode, range(1, k + 1))
+    ROWS.extend(rows)
+    print(f"\n{table([base, *rows])}")
+    failed = [r for r in rows if not r.ok]
+    assert not failed, f"{len(failed)} of {len(rows)} cases failed:\n{table(failed)}"
