@@ -10,11 +10,30 @@ from datetime import timedelta
 from fastapi import FastAPI, Request, Response
 from temporalio.client import Client
 
-from scaleflow.api import computes_file, errors
+from scaleflow.api import computes_file, errors, limits
 from scaleflow.api.events import EventStore
 from scaleflow.api.routes import chemtrail, dashboard, genisys, memcache, pools
 from scaleflow.core.settings import Settings
 from scaleflow.temporal import connect
+
+# Each surface's error format, by path prefix; the longest matching prefix wins.
+ERROR_FORMATS: dict[str, errors.Formatter] = {
+    "/": errors.chemtrail_error,  # scaleflow's own routes
+    "/v1/scale": chemtrail.chemtrail_error,
+    "/v1/policy": chemtrail.chemtrail_error,
+    "/compute": genisys.genisys_error,
+    "/service": genisys.genisys_error,
+    "/api/scaler": memcache.memcache_error,
+    "/api/manager": memcache.memcache_error,
+    "/api/poolsize": memcache.memcache_error,
+}
+
+
+def update_limiter(settings: Settings) -> limits.UpdateLimiter:
+    """The per-entity bound on in-flight updates."""
+    return limits.UpdateLimiter(
+        max_inflight=settings.max_inflight_updates, wait_s=settings.update_wait_s
+    )
 
 
 def create_app(settings: Settings | None = None, client: Client | None = None) -> FastAPI:
@@ -25,6 +44,7 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         conn = client or await connect(settings, attempts=60)
         app.state.client = conn
+        limits.attach(conn, update_limiter(settings))
         app.state.events = EventStore(conn, timedelta(hours=settings.event_retention_hours))
         # In the background: the registry's update waits for a worker, which may start
         # after the API; failures are logged, never fatal.
@@ -41,7 +61,7 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
         request.app.state.requests += 1
         return await call_next(request)
 
-    errors.install(app)
+    errors.install(app, ERROR_FORMATS)
     app.include_router(chemtrail.router)
     app.include_router(pools.router)
     app.include_router(genisys.router)

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from temporalio.client import RPCTimeoutOrCancelledError
 from temporalio.service import RPCError, RPCStatusCode
 
+from scaleflow.api.limits import DEFAULT_RETRY_AFTER_S, UpdateBusyError, is_transient_refusal
 from scaleflow.core.errors import ErrorKind, ScaleflowError
 
 log = logging.getLogger(__name__)
@@ -35,18 +37,23 @@ def chemtrail_error(status: int, message: str) -> dict[str, Any]:
     return {"Error": message, "Code": status}
 
 
-# Surfaces register their formats by path prefix; the longest prefix wins.
-_FORMATS: dict[str, Formatter] = {"/": chemtrail_error}
+# Used when an app installed no table (or its table lacks "/").
+DEFAULT_FORMATS: dict[str, Formatter] = {"/": chemtrail_error}
 
 
-def register_format(prefix: str, formatter: Formatter) -> None:
-    _FORMATS[prefix] = formatter
-
-
-def error_response(request: Request, status: int, message: str) -> JSONResponse:
+def error_response(
+    request: Request, status: int, message: str, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    """The error in the format of the surface the path belongs to: the longest prefix
+    of the app's table (``install``) wins."""
+    formats: dict[str, Formatter] = getattr(request.app.state, "error_formats", DEFAULT_FORMATS)
     path = request.url.path
-    prefix = max((p for p in _FORMATS if path.startswith(p)), key=len)
-    return JSONResponse(_FORMATS[prefix](status, message), status_code=status)
+    prefix = max((p for p in formats if path.startswith(p)), key=len)
+    return JSONResponse(formats[prefix](status, message), status_code=status, headers=headers)
+
+
+def busy_response(request: Request, message: str, retry_after_s: int) -> JSONResponse:
+    return error_response(request, 429, message, {"Retry-After": str(retry_after_s)})
 
 
 def _validation_message(exc: RequestValidationError) -> str:
@@ -60,7 +67,10 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "invalid request: " + "; ".join(parts)
 
 
-def install(app: FastAPI) -> None:
+def install(app: FastAPI, formats: Mapping[str, Formatter]) -> None:
+    """Answer every error of ``app`` in its surface's format (prefix -> formatter)."""
+    app.state.error_formats = {**DEFAULT_FORMATS, **formats}
+
     @app.exception_handler(ScaleflowError)
     async def _scaleflow(request: Request, exc: ScaleflowError) -> JSONResponse:
         return error_response(request, STATUS_BY_KIND.get(exc.kind, 400), exc.message)
@@ -73,9 +83,24 @@ def install(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return error_response(request, exc.status_code, str(exc.detail))
 
+    @app.exception_handler(UpdateBusyError)
+    async def _busy(request: Request, exc: UpdateBusyError) -> JSONResponse:
+        log.warning("update turned away: %s", exc.message)
+        return busy_response(request, exc.message, exc.retry_after_s)
+
+    @app.exception_handler(RPCTimeoutOrCancelledError)
+    async def _timeout(request: Request, exc: RPCTimeoutOrCancelledError) -> JSONResponse:
+        # Raised by the SDK instead of an RPCError when a call's deadline passes.
+        log.warning("temporal call timed out: %s", exc)
+        return error_response(request, 503, f"Temporal did not answer in time: {exc}")
+
     @app.exception_handler(RPCError)
     async def _rpc(request: Request, exc: RPCError) -> JSONResponse:
         log.warning("temporal rpc failed: %s %s", exc.status, exc.message)
+        if is_transient_refusal(exc):
+            # Load, not a fault: the same request succeeds later.
+            message = f"Temporal is busy: {exc.message}; retry later"
+            return busy_response(request, message, DEFAULT_RETRY_AFTER_S)
         if exc.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED):
             return error_response(request, 503, f"Temporal is unavailable: {exc.message}")
         return error_response(request, 502, f"Temporal refused the request: {exc.message}")

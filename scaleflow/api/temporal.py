@@ -1,44 +1,17 @@
-"""The Temporal client dependency and calls into pool entity workflows."""
+"""Calls into pool entity workflows."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import Request
-from temporalio.client import (
-    Client,
-    WithStartWorkflowOperation,
-    WorkflowHandle,
-    WorkflowUpdateFailedError,
-)
-from temporalio.common import WorkflowIDConflictPolicy
-from temporalio.exceptions import ApplicationError
+from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 
+from scaleflow.api.deps import execute_update, update_with_start
 from scaleflow.core.errors import ErrorKind, ScaleflowError
 from scaleflow.core.models import PoolInit, PoolView, pool_workflow_id, valid_name
 from scaleflow.core.settings import Settings
 from scaleflow.workflows.pool import PoolWorkflow
-
-
-def get_client(request: Request) -> Client:
-    return request.app.state.client
-
-
-def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
-
-
-def update_error(exc: WorkflowUpdateFailedError) -> ScaleflowError:
-    """A rejected update, as the error the API answers with."""
-    cause = exc.cause
-    if isinstance(cause, ApplicationError) and cause.type:
-        try:
-            kind = ErrorKind(cause.type)
-        except ValueError:
-            kind = ErrorKind.INVALID
-        return ScaleflowError(kind, cause.message)
-    return ScaleflowError(ErrorKind.INVALID, str(cause or exc))
 
 
 def pool_handle(client: Client, name: str) -> WorkflowHandle[Any, Any]:
@@ -53,13 +26,8 @@ async def call_pool(
     """Run an update on an existing pool; a pool that does not exist is ``missing``."""
     if not valid_name(name):
         raise ScaleflowError(missing, _missing_message(name, missing))
-    handle = pool_handle(client, name)
     try:
-        if arg is None:
-            return await handle.execute_update(update)
-        return await handle.execute_update(update, arg)
-    except WorkflowUpdateFailedError as exc:
-        raise update_error(exc) from exc
+        return await execute_update(client, pool_workflow_id(name), update, arg)
     except RPCError as exc:
         if exc.status == RPCStatusCode.NOT_FOUND:
             raise ScaleflowError(missing, _missing_message(name, missing)) from exc
@@ -76,23 +44,15 @@ async def upsert_pool(
     client: Client, settings: Settings, init: PoolInit, update: Any, arg: Any = None
 ) -> Any:
     """Update-with-start: creates the pool's entity workflow if it is not running."""
-    op = WithStartWorkflowOperation(
-        PoolWorkflow.run,
-        init,
-        id=pool_workflow_id(init.config.name),
-        task_queue=settings.task_queue,
-        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+    return await update_with_start(
+        client,
+        settings,
+        run=PoolWorkflow.run,
+        init=init,
+        workflow_id=pool_workflow_id(init.config.name),
+        update=update,
+        arg=arg,
     )
-    try:
-        if arg is None:
-            return await client.execute_update_with_start_workflow(
-                update, start_workflow_operation=op
-            )
-        return await client.execute_update_with_start_workflow(
-            update, arg, start_workflow_operation=op
-        )
-    except WorkflowUpdateFailedError as exc:
-        raise update_error(exc) from exc
 
 
 async def pool_view(client: Client, name: str) -> PoolView | None:

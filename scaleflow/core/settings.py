@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -39,6 +40,10 @@ class Settings(BaseSettings):
 
     drain_poll_interval_s: float = 0.5
     event_retention_hours: float = 48.0
+    # Updates the API keeps in flight per entity (Temporal's own limit is 10), and how
+    # long a request waits for a turn before it is answered 429.
+    max_inflight_updates: int = Field(default=8, ge=1, le=10)
+    update_wait_s: float = Field(default=30.0, gt=0)
 
     # genisys compute definitions loaded at API start-up (.toml or .json); optional.
     computes_file: Path = Path("computes.toml")

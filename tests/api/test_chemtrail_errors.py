@@ -78,8 +78,8 @@ async def test_policy_path_and_body_errors(st: Stack) -> None:
         400,
         "invalid class",
     )
-    error(await st.http.delete(f"/v1/policy/{name}"), 404, "no pool")
-    error(await st.http.get("/v1/scale/status", params={"pool": "no way!"}), 400, "invalid pool")
+    error(await st.http.delete(f"/v1/policy/{name}"), 404, "no class")
+    error(await st.http.get("/v1/scale/status", params={"pool": "no way!"}), 400, "invalid class")
 
 
 async def test_scaling_prechecks(st: Stack) -> None:

@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Header, Request
+from fastapi import APIRouter, Body, Request
 from fastapi.responses import JSONResponse, Response
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
-from scaleflow.api.events import OPERATION_TYPES, EventStore, is_operation_id
+from scaleflow.api import errors
+from scaleflow.api.deps import ClientDep, EventsDep, RequestId, SettingsDep
+from scaleflow.api.events import OPERATION_TYPES, is_operation_id
 from scaleflow.api.schemas.chemtrail import Policy
-from scaleflow.api.temporal import (
-    call_pool,
-    get_client,
-    get_settings,
-    pool_view,
-    pool_views,
-    upsert_pool,
-)
+from scaleflow.api.temporal import call_pool, pool_view, pool_views, upsert_pool
 from scaleflow.core.errors import ErrorKind, ScaleflowError
 from scaleflow.core.models import (
     OperationAccepted,
@@ -31,20 +27,24 @@ from scaleflow.core.models import (
     ScalingEvent,
     valid_name,
 )
-from scaleflow.core.settings import Settings
 from scaleflow.workflows.pool import PoolWorkflow
 
 router = APIRouter(tags=["chemtrail"])
-ClientDep = Annotated[Client, Depends(get_client)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-RequestId = Annotated[str | None, Header(alias="X-Request-ID", max_length=200)]
+
+# The entity speaks neutral words; chemtrail calls a pool a client class.
+_VOCABULARY = {
+    r"\bpools?\b(?!/)": "class",  # not in a workflow id such as pool/web
+    r"\bmax_count\b": "MaxCount",
+    r"\bmin_count\b": "MinCount",
+    r"\bprovider_config\b": "ProviderConfig",
+}
 
 
-def get_events(request: Request) -> EventStore:
-    return request.app.state.events
-
-
-EventsDep = Annotated[EventStore, Depends(get_events)]
+def chemtrail_error(status: int, message: str) -> dict[str, Any]:
+    """Chemtrail's ``{"Error", "Code"}``, in chemtrail's words."""
+    for pattern, word in _VOCABULARY.items():
+        message = re.sub(pattern, word, message)
+    return errors.chemtrail_error(status, message)
 
 
 async def submit(client: Client, name: str, kind: OperationKind, request_id: str | None) -> Any:

@@ -8,16 +8,13 @@ the recent operations with their events; it refreshes every 10 s.
 from __future__ import annotations
 
 import json
-from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
 
-from scaleflow.api.temporal import get_settings
-from scaleflow.core.settings import Settings
+from scaleflow.api.deps import SettingsDep
 
 router = APIRouter(tags=["dashboard"])
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 PAGE = r"""<!doctype html>
 <html lang="en">

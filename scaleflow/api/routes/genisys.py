@@ -20,22 +20,14 @@ from __future__ import annotations
 import json
 import logging
 from datetime import timedelta
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
-from temporalio.client import (
-    Client,
-    WithStartWorkflowOperation,
-    WorkflowExecutionStatus,
-    WorkflowHandle,
-    WorkflowUpdateFailedError,
-)
-from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 
-from scaleflow.api import errors
-from scaleflow.api.temporal import get_client, get_settings, update_error
+from scaleflow.api.deps import ClientDep, SettingsDep, update_with_start
 from scaleflow.core.genisys import (
     MAX_RESOURCES,
     REGISTRY_ID,
@@ -57,8 +49,6 @@ from scaleflow.workflows.services import ServiceWorkflow
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["genisys"])
-ClientDep = Annotated[Client, Depends(get_client)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 NO_DATA = "No data received"
 SEED_TIMEOUT = timedelta(seconds=10)
@@ -67,10 +57,6 @@ MISSING = "Missing parameters."
 
 def genisys_error(status: int, message: str) -> dict[str, Any]:
     return {"message": message}
-
-
-errors.register_format("/compute", genisys_error)
-errors.register_format("/service", genisys_error)
 
 
 def _bad(message: str, status: int = 400) -> HTTPException:
@@ -145,19 +131,15 @@ async def _registry_seed(client: Client) -> RegistryInit:
 
 async def registry_update(client: Client, settings: Settings, update: Any, arg: Any) -> Any:
     """Update-with-start of the registry entity (``genisys/computes``)."""
-    op = WithStartWorkflowOperation(
-        ComputeRegistryWorkflow.run,
-        await _registry_seed(client),
-        id=REGISTRY_ID,
-        task_queue=settings.task_queue,
-        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+    return await update_with_start(
+        client,
+        settings,
+        run=ComputeRegistryWorkflow.run,
+        init=await _registry_seed(client),
+        workflow_id=REGISTRY_ID,
+        update=update,
+        arg=arg,
     )
-    try:
-        return await client.execute_update_with_start_workflow(
-            update, arg, start_workflow_operation=op
-        )
-    except WorkflowUpdateFailedError as exc:
-        raise update_error(exc) from exc
 
 
 def _compute_from(name: Any, connector: Any) -> Compute:
@@ -233,21 +215,19 @@ async def _named_compute(client: Client, name: Any) -> Compute:
     return found
 
 
-async def service_update(client: Client, settings: Settings, name: str, update: Any, arg: Any):
+async def service_update(
+    client: Client, settings: Settings, name: str, update: Any, arg: Any
+) -> Any:
     """Update-with-start of the service's entity (``service/<name>``)."""
-    op = WithStartWorkflowOperation(
-        ServiceWorkflow.run,
-        ServiceInit(name=name),
-        id=service_workflow_id(name),
-        task_queue=settings.task_queue,
-        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+    return await update_with_start(
+        client,
+        settings,
+        run=ServiceWorkflow.run,
+        init=ServiceInit(name=name),
+        workflow_id=service_workflow_id(name),
+        update=update,
+        arg=arg,
     )
-    try:
-        return await client.execute_update_with_start_workflow(
-            update, arg, start_workflow_operation=op
-        )
-    except WorkflowUpdateFailedError as exc:
-        raise update_error(exc) from exc
 
 
 async def service_view(client: Client, name: str) -> ServiceView | None:

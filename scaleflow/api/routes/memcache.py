@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Annotated, Any, TypeVar
+from typing import Any, TypeVar
 
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ValidationError
@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from temporalio.client import Client, WorkflowQueryFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from scaleflow.api import errors
+from scaleflow.api.deps import ClientDep, RequestId, SettingsDep
 from scaleflow.api.schemas.memcache import (
     CacheListBody,
     ManagerConfigBody,
@@ -31,7 +31,7 @@ from scaleflow.api.schemas.memcache import (
     ScalerThresholds,
     TestMissRateBody,
 )
-from scaleflow.api.temporal import call_pool, get_client, get_settings, pool_handle, pool_view
+from scaleflow.api.temporal import call_pool, pool_handle, pool_view
 from scaleflow.core.autoscale import AutoscalerConfig, StatsSample
 from scaleflow.core.errors import ErrorKind, ScaleflowError
 from scaleflow.core.models import (
@@ -47,7 +47,6 @@ from scaleflow.core.models import (
 from scaleflow.core.settings import Settings
 from scaleflow.workflows.pool import PoolWorkflow
 
-PREFIXES = ("/api/scaler", "/api/manager", "/api/poolsize")
 STATS_POINTS = 30
 THRESHOLD_FIELDS = (
     "max_miss_rate_threshold",
@@ -63,13 +62,7 @@ def memcache_error(status: int, message: str) -> dict[str, Any]:
     return {"success": "false", "error": {"code": status, "message": message}}
 
 
-for _prefix in PREFIXES:
-    errors.register_format(_prefix, memcache_error)
-
 router = APIRouter(tags=["memcache"])
-ClientDep = Annotated[Client, Depends(get_client)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-RequestId = Annotated[str | None, Header(alias="X-Request-ID", max_length=200)]
 B = TypeVar("B", bound=BaseModel)
 
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Response
+from fastapi import APIRouter, Header, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, field_validator
-from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from scaleflow.api.temporal import call_pool, get_client, pool_handle, pool_view, pool_views
+from scaleflow.api.deps import ClientDep, RequestId
+from scaleflow.api.temporal import call_pool, pool_handle, pool_view, pool_views
 from scaleflow.core.errors import ErrorKind, ScaleflowError
 from scaleflow.core.models import (
     CacheSettings,
@@ -24,7 +24,6 @@ from scaleflow.core.slots import SlotMap
 from scaleflow.workflows.pool import PoolWorkflow
 
 router = APIRouter(tags=["pools"])
-ClientDep = Annotated[Client, Depends(get_client)]
 
 
 @router.get("/v1/pools")
@@ -85,7 +84,7 @@ async def roll_out_cache_config(
     name: str,
     body: CacheConfigBody,
     client: ClientDep,
-    request_id: Annotated[str | None, Header(alias="X-Request-ID", max_length=200)] = None,
+    request_id: RequestId = None,
 ) -> JSONResponse:
     """Roll new cache settings out to every node, one node at a time, no key lost."""
     req = OperationRequest(
