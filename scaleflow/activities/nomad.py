@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from scaleflow.activities.notes import fatal, note, retryable
@@ -39,6 +40,8 @@ DEFAULT_CLASS = "chemtrail-default"
 
 LIVE_CLIENT_STATUSES = frozenset({"pending", "running"})
 DRAIN_MESSAGE = "drained by scaleflow"
+# Nomad's DrainStatusComplete, in a node's LastDrain.
+DRAIN_STATUS_COMPLETE = "complete"
 
 
 # ---- Nomad's JSON (only the fields used) ------------------------------------
@@ -67,6 +70,20 @@ class NomadDrainStrategy(_NomadModel):
     started_at: str | None = Field(default=None, alias="StartedAt")
 
 
+class NomadDrainMetadata(_NomadModel):
+    """A node's ``LastDrain`` (Nomad 1.2+): how its latest drain went, and its Meta."""
+
+    status: str | None = Field(default=None, alias="Status")
+    meta: dict[str, str] | None = Field(default=None, alias="Meta")
+
+    @property
+    def finished_ours(self) -> bool:
+        return (
+            self.status == DRAIN_STATUS_COMPLETE
+            and (self.meta or {}).get("message") == DRAIN_MESSAGE
+        )
+
+
 class NomadCpu(_NomadModel):
     cpu_shares: int = Field(default=0, alias="CpuShares")
 
@@ -85,6 +102,7 @@ class NomadNode(NomadNodeStub):
 
     attributes: dict[str, str] | None = Field(default=None, alias="Attributes")
     drain_strategy: NomadDrainStrategy | None = Field(default=None, alias="DrainStrategy")
+    last_drain: NomadDrainMetadata | None = Field(default=None, alias="LastDrain")
     node_resources: NomadNodeResources | None = Field(default=None, alias="NodeResources")
 
     @property
@@ -208,6 +226,24 @@ def _parse(model: type[M], data: Any) -> M:
 
 def _class_matches(node_class: str | None, want: str) -> bool:
     return (node_class or DEFAULT_CLASS) == want
+
+
+def _attempt() -> int:
+    return activity.info().attempt if activity.in_activity() else 1
+
+
+def _drain_requested_before(nomad_id: str) -> bool:
+    """Whether an earlier attempt of this activity heartbeated that it asked Nomad to
+    drain ``nomad_id``."""
+    if not activity.in_activity():
+        return False
+    details = activity.info().heartbeat_details
+    last = details[0] if details else None
+    return (
+        isinstance(last, dict)
+        and last.get("node") == nomad_id
+        and bool(last.get("drain_requested"))
+    )
 
 
 def _quoted(value: str) -> str:
@@ -363,12 +399,23 @@ class NomadEngine:
         seen = {a.id: a for a in client.allocations(nid)}
         final = req.deadline_ns == 0
         if node.drain_strategy is None and not final and req.first:
-            remaining_ns = req.deadline_ns - time.time_ns()
-            # In Nomad a zero deadline means "no deadline" and a negative one "force now";
-            # a deadline already passed must force, never wait forever.
-            client.drain(nid, remaining_ns if remaining_ns > 0 else -1)
-        # else: a drain is already under way (a resumed activity); posting again would
-        # restart Nomad's deadline clock.
+            if self._requested_by_earlier_attempt(node, list(seen.values())):
+                # That attempt's result was lost (its worker died): posting again would
+                # restart the drain, or start a second one on a drained node.
+                events.append(
+                    note(
+                        f"drain of node {_quoted(nid)} was requested by an earlier attempt", SOURCE
+                    )
+                )
+            else:
+                remaining_ns = req.deadline_ns - time.time_ns()
+                # In Nomad a zero deadline means "no deadline" and a negative one "force
+                # now"; a deadline already passed must force, never wait forever.
+                client.drain(nid, remaining_ns if remaining_ns > 0 else -1)
+                # Recorded at once, so a retry after a crash knows not to post again.
+                heartbeat({"node": nid, "drain_requested": True})
+        # else: a drain is already under way (a resumed activity, or a later slice);
+        # posting again would restart Nomad's deadline clock.
 
         allocs_done = drain_done = False
         was_down = False
@@ -414,5 +461,29 @@ class NomadEngine:
                 return DrainResult(completed=False, remaining=running, events=events)
             if time.monotonic() >= slice_end:
                 return DrainResult(completed=False, remaining=running, events=events)
-            heartbeat({"node": nid, "running": running, "drain_complete": drain_done})
+            heartbeat(
+                {
+                    "node": nid,
+                    "drain_requested": True,
+                    "running": running,
+                    "drain_complete": drain_done,
+                }
+            )
             time.sleep(self.poll_s)
+
+    @staticmethod
+    def _requested_by_earlier_attempt(node: NomadNode, allocs: list[NomadAllocation]) -> bool:
+        """Whether an earlier attempt of this first slice already asked Nomad to drain.
+
+        Its heartbeat says so if one got through. Otherwise only a retry can have posted
+        (a first attempt always posts, so a node an operator left ineligible is still
+        drained), and Nomad clears ``DrainStrategy`` once a drain finishes, so a finished
+        drain looks like none: it shows as an ineligible node with nothing left running,
+        or a ``LastDrain`` naming our drain complete (allocations may still be stopping).
+        """
+        if _drain_requested_before(node.id):
+            return True
+        if _attempt() <= 1 or node.scheduling_eligibility != "ineligible":
+            return False
+        finished_ours = node.last_drain is not None and node.last_drain.finished_ours
+        return finished_ours or not any(a.live for a in allocs)

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
 
+from scaleflow.activities.engines import EngineActivities
 from scaleflow.activities.nomad import NomadClient, NomadEngine
 from scaleflow.core.activity_io import DrainInput, LoadInput, ReadyInput
 from scaleflow.core.models import ActivityReport, Engine, Node, NodeState, PoolConfig
@@ -142,6 +146,110 @@ def test_resumed_drain_does_not_post_again(engine: NomadEngine, double: NomadApi
         f'all allocations on node "{nid}" have stopped',
         f"drain complete for node {nid}",
     ]
+
+
+# ---- drain retried after a lost result ---------------------------------------------
+
+
+def drain_activity(url: str) -> EngineActivities:
+    return EngineActivities(Settings(nomad_address=url, nomad_poll_interval_s=0.05))
+
+
+def retry_env(heartbeat_details: list[Any] | None = None) -> ActivityEnvironment:
+    """Attempt 2 of an activity, with the last heartbeat of attempt 1 that got through."""
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(
+        env.info, attempt=2, heartbeat_details=list(heartbeat_details or [])
+    )
+    return env
+
+
+def posts(double: NomadApiDouble) -> list[tuple[str, str]]:
+    return [r for r in double.requests if r[0] == "POST"]
+
+
+@pytest.mark.parametrize("heartbeat_got_through", [False, True])
+def test_retry_after_a_finished_drain_does_not_post_again(
+    nomad: tuple[NomadApiDouble, str], heartbeat_got_through: bool
+) -> None:
+    double, url = nomad
+    nid = double.add_node(CLASS, "i-ccc")
+    for _ in range(3):
+        double.add_alloc(nid, cpu_shares=100)
+    acts = drain_activity(url)
+    req = DrainInput(node=pool_node("n1", "i-ccc"), config=config(), deadline_ns=deadline_in(300))
+    beats: list[tuple[Any, ...]] = []
+    first = ActivityEnvironment()
+    first.on_heartbeat = lambda *d: beats.append(d)
+    assert first.run(acts.drain_node, req).completed is True
+
+    # The worker died before reporting that result, so Temporal runs the activity again
+    # with the same input (first=True); Nomad shows no drain strategy any more.
+    details = [beats[-1][0]] if heartbeat_got_through else []
+    result = retry_env(details).run(acts.drain_node, req)
+
+    assert posts(double) == [("POST", f"/v1/node/{nid}/drain")]
+    assert result.completed is True
+    assert result.remaining == 0
+    assert messages(result) == [
+        f'drain of node "{nid}" was requested by an earlier attempt',
+        f'all allocations on node "{nid}" have stopped',
+        f"drain complete for node {nid}",
+    ]
+    assert double.nodes[nid].eligibility == "ineligible"
+    assert (double.nodes[nid].last_drain or {})["Status"] == "complete"
+    # Attempt 1 recorded its drain request before anything else, for a retry to find.
+    assert beats[0] == ({"node": nid, "drain_requested": True},)
+
+
+def test_retry_follows_a_finished_drain_whose_allocation_is_still_stopping(
+    nomad: tuple[NomadApiDouble, str],
+) -> None:
+    double, url = nomad
+    nid = double.add_node(CLASS, "i-ddd")
+    aid = double.add_alloc(nid, cpu_shares=100)
+    acts = drain_activity(url)
+    req = DrainInput(node=pool_node("n1", "i-ddd"), config=config(), deadline_ns=deadline_in(300))
+    assert ActivityEnvironment().run(acts.drain_node, req).completed is True
+    # Nomad can call a drain complete while an allocation told to stop is still shutting
+    # down; only LastDrain then shows the drain was ours and has finished.
+    alloc = double.allocs[aid]
+    alloc.client_status = "running"
+    assert alloc.desired_status == "stop"
+    stopped = threading.Timer(0.3, setattr, args=(alloc, "client_status", "complete"))
+    stopped.start()
+    try:
+        result = retry_env().run(acts.drain_node, req)
+    finally:
+        stopped.cancel()
+
+    assert posts(double) == [("POST", f"/v1/node/{nid}/drain")]
+    assert result.completed is True
+    assert messages(result) == [
+        f'drain of node "{nid}" was requested by an earlier attempt',
+        f"drain complete for node {nid}",
+        f'alloc "{aid}" status running -> complete',
+        f'all allocations on node "{nid}" have stopped',
+    ]
+
+
+@pytest.mark.parametrize("eligibility", ["eligible", "ineligible"])
+def test_retry_whose_first_attempt_never_posted_drains_once(
+    nomad: tuple[NomadApiDouble, str], eligibility: str
+) -> None:
+    double, url = nomad
+    # Attempt 1 failed before its drain request; an operator may have left the node
+    # ineligible, but its allocations still run, so it still needs draining.
+    nid = double.add_node(CLASS, "i-eee", eligibility=eligibility)
+    double.add_alloc(nid, cpu_shares=100)
+    double.add_alloc(nid, cpu_shares=100)
+    req = DrainInput(node=pool_node("n1", "i-eee"), config=config(), deadline_ns=deadline_in(300))
+
+    result = retry_env().run(drain_activity(url).drain_node, req)
+
+    assert posts(double) == [("POST", f"/v1/node/{nid}/drain")]
+    assert result.completed is True
+    assert not any("earlier attempt" in m for m in messages(result))
 
 
 def test_drain_gives_up_after_deadline_and_grace(
