@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Awaitable
 from pathlib import Path
 
+import httpx
 from temporalio.testing import WorkflowEnvironment
 
 from tests.bursts import Sampler, assert_replays, burst, no_server_errors
@@ -83,9 +85,11 @@ async def test_bursts_over_ten_pools(dev_env: WorkflowEnvironment, tmp_path: Pat
             assert resp.status_code == 200, resp.text
 
         # Per pool: 10 scale-outs then 10 scale-ins, all in flight together.
-        def send(i: int):  # noqa: ANN202
-            name, way = names[i % 10], "out" if (i // 10) % 2 == 0 else "in"
-            return st.http.post(f"/v1/scale/{way}/{name}")
+        def way(i: int) -> str:
+            return "out" if (i // 10) % 2 == 0 else "in"
+
+        def send(i: int) -> Awaitable[httpx.Response]:
+            return st.http.post(f"/v1/scale/{way(i)}/{names[i % 10]}")
 
         resps = await burst(200, send)
         no_server_errors(resps)
@@ -93,10 +97,10 @@ async def test_bursts_over_ten_pools(dev_env: WorkflowEnvironment, tmp_path: Pat
         accepted = [r.json()["ID"] for r in resps if r.status_code == 201]
         await _all_succeed(st, accepted)
         for k, name in enumerate(names):
-            mine = [r for i, r in enumerate(resps) if i % 10 == k]
-            ways = ["out" if (i // 10) % 2 == 0 else "in" for i in range(200) if i % 10 == k]
-            outs = sum(1 for r, w in zip(mine, ways, strict=True) if w == "out" and r.status_code == 201)
-            ins = sum(1 for r, w in zip(mine, ways, strict=True) if w == "in" and r.status_code == 201)
+            won = Counter(
+                way(i) for i, r in enumerate(resps) if i % 10 == k and r.status_code == 201
+            )
+            outs, ins = won["out"], won["in"]
             # Every answer was exact: the end size is what the 201s add up to.
             view = await st.wait_pool(name, start + outs - ins)
             assert low <= len(view["nodes"]) <= high
