@@ -3,9 +3,14 @@ keeping a slot-partitioned pool's map up to date as its members change."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Callable, Iterator
 from datetime import timedelta
+from typing import TypeVar
 
 from temporalio import workflow
+from temporalio.workflow import ChildWorkflowCancellationType, ParentClosePolicy
 
 from scaleflow.workflows import options
 from scaleflow.workflows.migration import MAP_SIGNAL, SlotMigrationWorkflow, publish
@@ -20,6 +25,14 @@ DRAIN_SLICE_S = 30.0
 DRAIN_POLL = timedelta(seconds=2)
 # workflow.patched id: moves of address-less nodes skip the migration child.
 CACHELESS_MOVES = "cacheless-moves"
+# workflow.patched id: a cancel that an await swallowed is raised at the next step.
+HONOUR_CANCEL = "honour-swallowed-cancel"
+# workflow.patched id: the migration child is cancelled and waited for, even when the
+# cancel comes while it starts; should the operation close anyway, the child is asked to
+# cancel (it ends its moves) rather than terminated mid-move.
+MIGRATION_WAITED = "migration-child-waited-on-cancel"
+
+T = TypeVar("T")
 
 
 class OperationBase:
@@ -30,6 +43,8 @@ class OperationBase:
         self._snapshot: PoolSnapshot | None = None
         self.map = SlotMap()
         self._migrations = 0
+        # Compensating, or past the point of no return: a cancel no longer stops the work.
+        self._committed = False
 
     @workflow.signal
     def go(self, snapshot: PoolSnapshot) -> None:
@@ -48,6 +63,29 @@ class OperationBase:
         self.map = self._snapshot.slot_map
         return self._snapshot
 
+    def honour_cancel(self) -> None:
+        """Raise the operation's cancel now if an await swallowed it.
+
+        The SDK hands a workflow's cancel to whatever is awaited at that moment. A signal
+        already sent, a child, or an activity that is waited out on cancel (provision,
+        terminate) then completes, and its await returns its result as if no cancel had come:
+        the workflow would go on to the end. So each step on the way forward checks here.
+        Inside :meth:`committed` this does nothing."""
+        if self._committed or workflow.cancellation_reason() is None:
+            return
+        if workflow.patched(HONOUR_CANCEL):
+            raise asyncio.CancelledError("cancel requested")
+
+    @contextlib.contextmanager
+    def committed(self) -> Iterator[None]:
+        """Work that a cancel must not cut short: compensation, and the steps past the
+        point of no return (a node being terminated)."""
+        before, self._committed = self._committed, True
+        try:
+            yield
+        finally:
+            self._committed = before
+
     def pool_id(self) -> str | None:
         parent = workflow.info().parent
         return parent.workflow_id if parent else None
@@ -60,6 +98,7 @@ class OperationBase:
             return  # run on its own (tests, tools): there is no pool to tell
         handle = workflow.get_external_workflow_handle(pool)
         await handle.signal("node_changed", NodeChange(op_id=op_id, node=node, slot_map=slot_map))
+        self.honour_cancel()
 
     def joined_map(self, members: list[Node]) -> SlotMap | None:
         """The map once ``members`` are in it: every slot to them if there is no map
@@ -74,6 +113,7 @@ class OperationBase:
         self.map = slot_map
         pool = self.pool_id()
         await publish(slot_map, [pool] if pool else [])
+        self.honour_cancel()
 
     async def rebalance(
         self, inp: OperationInput, members: list[Node], purge: bool, stale_targets: bool = False
@@ -105,22 +145,56 @@ class OperationBase:
         self._migrations += 1
         pool = self.pool_id()
         notify = [pool] if pool else []
-        result: MigrationResult = await workflow.execute_child_workflow(
-            SlotMigrationWorkflow.run,
-            MigrationInput(
-                pool=inp.pool,
-                slot_map=self.map,
-                moves=moves,
-                limit=inp.config.migration_limit,
-                grace_s=2 * inp.config.client_refresh_s,
-                purge=purge,
-                # Concurrent moves share the pool's cap.
-                rate_mb_s=inp.config.migration_rate_mb_s / inp.config.migration_limit,
-                notify=[*notify, workflow.info().workflow_id],
-            ),
-            id=f"{inp.op_id}-migration-{self._migrations}",
+        arg = MigrationInput(
+            pool=inp.pool,
+            slot_map=self.map,
+            moves=moves,
+            limit=inp.config.migration_limit,
+            grace_s=2 * inp.config.client_refresh_s,
+            purge=purge,
+            # Concurrent moves share the pool's cap.
+            rate_mb_s=inp.config.migration_rate_mb_s / inp.config.migration_limit,
+            notify=[*notify, workflow.info().workflow_id],
         )
+        child_id = f"{inp.op_id}-migration-{self._migrations}"
+        result: MigrationResult
+        if workflow.patched(MIGRATION_WAITED):
+            result = await self._run_migration(arg, child_id)
+        else:
+            result = await workflow.execute_child_workflow(
+                SlotMigrationWorkflow.run, arg, id=child_id
+            )
         self.slot_map_changed(result.slot_map)
+        self.honour_cancel()
+
+    async def _run_migration(self, arg: MigrationInput, child_id: str) -> MigrationResult:
+        """The migration child, run to its end whenever a cancel comes.
+
+        A cancel while the child was starting made the SDK raise at once and let go of it:
+        the operation compensated and closed, and its child was terminated mid-move, leaving
+        moving ranges towards a node that was gone. So the start runs in a task of its own
+        and the cancel reaches the child once it has started; the child finishes the moves
+        under way and starts no more, and compensation begins from a settled map."""
+        start = asyncio.create_task(
+            workflow.start_child_workflow(
+                SlotMigrationWorkflow.run,
+                arg,
+                id=child_id,
+                cancellation_type=ChildWorkflowCancellationType.WAIT_CANCELLATION_COMPLETED,
+                parent_close_policy=ParentClosePolicy.REQUEST_CANCEL,
+            )
+        )
+        cancelled: list[bool] = []
+        handle = await _outlast(start, lambda: cancelled.append(True))
+
+        def cancel_child() -> None:
+            # Compensation's own moves run to their end: they are what puts things right.
+            if not self._committed:
+                handle.cancel()
+
+        if cancelled:
+            cancel_child()
+        return await _outlast(handle, cancel_child)
 
     async def _purge_targets(self, inp: OperationInput, moves: list[Move]) -> None:
         """Delete what each target still holds of the range it is about to get: the copy
@@ -191,3 +265,17 @@ class OperationBase:
             result_type=ActivityReport,
             **options.terminate(),
         )
+
+
+async def _outlast(task: asyncio.Future[T], on_cancel: Callable[[], None]) -> T:
+    """``task``'s result, awaited to its end: a cancel of the workflow calls ``on_cancel``
+    instead of abandoning ``task`` (a cancel reaches only the workflow's main task)."""
+    while True:
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.done():
+                return task.result()
+            if workflow.cancellation_reason() is None:
+                raise  # not the workflow's cancel (an eviction cancels every task)
+            on_cancel()

@@ -70,11 +70,15 @@ class ScaleInWorkflow(OperationBase):
         return node
 
     async def _remove(self, inp: OperationInput, node: Node, stay: list[Node]) -> None:
+        """Drain ``node`` and terminate it. Until its drain has ended, a cancel or a failure
+        puts it back in service with its slots; once the drain has ended (its work is gone,
+        or its clients are), it is terminated whatever comes."""
         draining = node.model_copy(update={"state": NodeState.DRAINING})
-        # Clients stop being given the node before the drain waits on them.
-        await self.report(inp.op_id, draining)
         slotted = inp.config.engine == Engine.MEMCACHED and bool(self.map.ranges)
         try:
+            # Clients stop being given the node before the drain waits on them. Inside the
+            # try: the signal's await may swallow a cancel, which is then raised here.
+            await self.report(inp.op_id, draining)
             if slotted:
                 if stay:
                     # Its slots (and keys) move away first; the node is dropped from the
@@ -86,24 +90,27 @@ class ScaleInWorkflow(OperationBase):
                     await self.set_map(self.map.cleared())
             await self.drain(inp, draining)
         except BaseException:
-            try:
-                if slotted and workflow.patched(RESTORE_SLOTS):
-                    await self._restore(inp, node, stay)
-            finally:
-                # Back in service even if not every slot could be moved back: no later
-                # operation would end a node left draining, while a member is rebalanced.
-                await self.report(inp.op_id, node.model_copy(update={"state": NodeState.READY}))
+            with self.committed():
+                try:
+                    if slotted and workflow.patched(RESTORE_SLOTS):
+                        await self._restore(inp, node, stay)
+                finally:
+                    # Back in service even if not every slot could be moved back: no later
+                    # operation would end a node left draining, while a member is rebalanced.
+                    ready = node.model_copy(update={"state": NodeState.READY})
+                    await self.report(inp.op_id, ready)
             raise
         gone = node.model_copy(update={"state": NodeState.TERMINATED})
-        try:
-            await self.terminate(inp, draining)
-        except asyncio.CancelledError:
-            # Once termination has begun it is finished: a half-removed node helps nobody.
-            await self.terminate(inp, draining)
+        with self.committed():
+            try:
+                await self.terminate(inp, draining)
+            except asyncio.CancelledError:
+                # Once termination has begun it is finished: a half-removed node helps nobody.
+                await self.terminate(inp, draining)
+                await self.report(inp.op_id, gone)
+                raise
+            # A node whose termination failed for good stays "draining", for an operator.
             await self.report(inp.op_id, gone)
-            raise
-        # A node whose termination failed for good stays "draining", for an operator to see.
-        await self.report(inp.op_id, gone)
 
     async def _restore(self, inp: OperationInput, node: Node, stay: list[Node]) -> None:
         """Undo a removal cut short, as a cancelled scale-out moves its slots back: the

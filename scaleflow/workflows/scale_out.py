@@ -23,6 +23,10 @@ with workflow.unsafe.imports_passed_through():
         ProviderName,
     )
 
+# workflow.patched id: a compensated first scale-out (no members before it) clears the map
+# it gave the new nodes, instead of leaving every slot to a node that it terminated.
+CLEARS_FIRST_MAP = "scale-out-clears-first-map"
+
 
 @workflow.defn
 class ScaleOutWorkflow(OperationBase):
@@ -53,6 +57,8 @@ class ScaleOutWorkflow(OperationBase):
                     )
                 attempted[node_id] = made.node
                 known.append(made.node.provider_ref)
+                # Provisioning is waited out on cancel, so its await may have swallowed one.
+                self.honour_cancel()
                 node = made.node
                 if node.state != NodeState.READY:
                     # Not yet seen answering (a slow boot, a cloud instance): wait for it.
@@ -72,10 +78,15 @@ class ScaleOutWorkflow(OperationBase):
                 await self.rebalance(inp, [*members, *ready], purge=True)
             return OperationResult(added=ready)
         except BaseException:
-            if inp.config.engine == Engine.MEMCACHED and self._owns_slots(attempted):
-                # Move the new nodes' slots (and keys) back before destroying them.
-                await self.rebalance(inp, members, purge=False)
-            await self._compensate(inp, attempted)
+            with self.committed():
+                if inp.config.engine == Engine.MEMCACHED and self._owns_slots(attempted):
+                    if members:
+                        # Move the new nodes' slots (and keys) back before destroying them.
+                        await self.rebalance(inp, members, purge=False)
+                    elif workflow.patched(CLEARS_FIRST_MAP):
+                        # Nobody to give them back to: the pool's cache goes with the nodes.
+                        await self.set_map(self.map.cleared())
+                await self._compensate(inp, attempted)
             raise
 
     def _owns_slots(self, attempted: dict[str, Node | None]) -> bool:
