@@ -14,7 +14,14 @@ import temporalio
 from bench.harness import Series, load
 
 # Modules under bench/, run in this order; each has ``async def run() -> dict``.
-BENCHMARKS = ["scale_out", "status_list", "migration", "resize_load", "autoscaler_day"]
+BENCHMARKS = [
+    "scale_out",
+    "status_list",
+    "migration",
+    "resize_load",
+    "autoscaler_day",
+    "throughput",
+]
 # The latency targets: (label, measured series, baseline series, target ms).
 TARGETS = [
     ("scale-out 0->1, to node answering", "scale-out", "scale-out baseline", 250.0),

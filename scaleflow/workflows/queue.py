@@ -39,16 +39,17 @@ def reject(kind: ErrorKind, message: str) -> ApplicationError:
     return ApplicationError(message, type=kind.value, non_retryable=True)
 
 
-def op_id_from_update() -> str:
+def op_id_from_update(entity: str) -> str:
     """The operation id of the update being handled: derived from its id, not drawn.
 
     Handlers must not call ``workflow.uuid4()``: the order in which handlers and the
     main loop draw from the seeded random source differs between a live run and a
-    rebuilt one."""
+    rebuilt one. ``entity`` (e.g. ``pool/web``, from the workflow's own input) scopes
+    update ids that clients derive from their request ids."""
     info = workflow.current_update_info()
     if info is None:
         raise RuntimeError("op_id_from_update() outside an update handler")
-    return str(uuid.uuid5(_OP_NAMESPACE, f"{workflow.info().workflow_id}/{info.id}"))
+    return str(uuid.uuid5(_OP_NAMESPACE, f"{entity}/{info.id}"))
 
 
 @dataclass
@@ -159,20 +160,24 @@ class OperationQueue:
     async def start_new(
         self, start: Callable[[Entry, bool], Awaitable[workflow.ChildWorkflowHandle[Any, Any]]]
     ) -> None:
-        """Start every new entry's child, in order; one that finds the entity idle is
-        ``given`` its turn with its start (``start(entry, given)`` passes the snapshot)."""
-        while (entry := self._unstarted()) is not None:
-            given = self.running is None and entry is self.entries[0]
-            try:
-                entry.handle = await start(entry, given)
-            except BaseException as err:
-                entry.start_error = f"operation {entry.op_id} could not start: {err}"
-                self.entries.remove(entry)
-                self.requests = {k: v for k, v in self.requests.items() if v != entry.op_id}
-                continue
-            entry.given = given
-            if given:
-                self._run(entry)
+        """Start the children of every new entry at once (commands in queue order, one
+        workflow task for the lot); the first finds the entity idle is ``given`` its turn
+        with its start (``start(entry, given)`` passes the snapshot)."""
+        while new := [e for e in self.entries if e.handle is None]:
+            given = [self.running is None and e is self.entries[0] for e in new]
+            results = await asyncio.gather(
+                *(start(e, g) for e, g in zip(new, given, strict=True)), return_exceptions=True
+            )
+            for entry, was_given, got in zip(new, given, results, strict=True):
+                if isinstance(got, BaseException):
+                    entry.start_error = f"operation {entry.op_id} could not start: {got}"
+                    self.entries.remove(entry)
+                    self.requests = {k: v for k, v in self.requests.items() if v != entry.op_id}
+                    continue
+                entry.handle = got
+                entry.given = was_given
+                if was_given:
+                    self._run(entry)
 
     def _run(self, entry: Entry) -> None:
         self.running = entry

@@ -318,7 +318,7 @@ class ServiceWorkflow:
         """Queue one resource more or less; answers the operation's id once it started."""
         entry = self.ops.accept(
             Entry(
-                op_id=op_id_from_update(),
+                op_id=op_id_from_update(f"service/{self.name}"),
                 kind=req.direction.value,
                 reason="api",
                 count=1,

@@ -4,6 +4,7 @@ accepted operation succeeds, and the entity's history replays afterwards."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections import Counter
 from collections.abc import Awaitable
 from pathlib import Path
@@ -109,3 +110,37 @@ async def test_bursts_over_ten_pools(dev_env: WorkflowEnvironment, tmp_path: Pat
             await _still_answers(st, name)
         for name in names:
             await assert_replays(st.client, f"pool/{name}")
+
+
+async def test_a_burst_of_manual_resizes(dev_env: WorkflowEnvironment, tmp_path: Path) -> None:
+    """The memcache manager's manual resizes, both ways, on the pool it manages."""
+    name = f"mc-{uuid.uuid4().hex[:8]}"
+    settings = stack_settings(tmp_path, dev_env.client, default_pool_name=name)
+    async with stack(settings, dev_env.client) as st:
+        st.pools.append(name)
+        low, high = 1, 5
+        resp = await st.put_policy(
+            name, MinCount=low, MaxCount=high, Provider="no-op", Engine="none"
+        )
+        assert resp.status_code == 200, resp.text
+        await st.wait_pool(name, low)
+        sampler = Sampler(lambda: _size(st, name))
+        async with sampler.running():
+            for change, size in (("increase", high), ("decrease", low)):
+                resps = await burst(
+                    BURST,
+                    lambda i, c=change: st.http.post(
+                        "/api/manager/poolsize/manual", json={"change": c}
+                    ),
+                )
+                no_server_errors(resps)
+                codes = Counter(r.status_code for r in resps)
+                assert codes == {200: high - low, 400: BURST - (high - low)}, codes
+                refused = [r.json() for r in resps if r.status_code == 400]
+                assert all("Pool size already reached" in b["error"]["message"] for b in refused)
+                ids = [r.json()["content"]["ID"] for r in resps if r.status_code == 200]
+                await _all_succeed(st, ids)
+                await st.wait_pool(name, size)
+        sampler.within(low, high)
+        await _still_answers(st, name)
+        await assert_replays(st.client, f"pool/{name}")

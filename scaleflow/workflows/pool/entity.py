@@ -294,7 +294,9 @@ class PoolWorkflow:
         if dup is not None:
             return OperationAccepted(id=await self.ops.started(dup), duplicate=True)
         count = validators.requested_count(req, self.config)
-        entry = self._enqueue(req.kind, count, req.reason, op_id_from_update(), req)
+        entry = self._enqueue(
+            req.kind, count, req.reason, op_id_from_update(f"pool/{self.name}"), req
+        )
         return OperationAccepted(id=await self.ops.started(entry.op_id))
 
     @submit.validator
