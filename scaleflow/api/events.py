@@ -13,7 +13,7 @@ from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
 from scaleflow.core.events import build_scaling_event, child_ids
-from scaleflow.core.models import ScalingEvent
+from scaleflow.core.models import CONTROL_SOURCE, ScalingEvent
 from scaleflow.workflows import attributes
 
 OPERATION_TYPES = (
@@ -23,6 +23,7 @@ OPERATION_TYPES = (
     "DataClearWorkflow",
     "ServiceScaleWorkflow",
 )
+SURFACE_SOURCE = "chemtrail"
 CLOSED = frozenset({"success", "failed", "cancelled"})
 
 
@@ -36,6 +37,15 @@ def is_operation_id(value: str) -> bool:
 
 # Visibility may show a just-started execution a little late: look back this far.
 LIST_OVERLAP = timedelta(seconds=5)
+
+
+def in_chemtrail_words(doc: ScalingEvent) -> ScalingEvent:
+    """The scaling-event document is chemtrail's: scaleflow's own steps carry the
+    Source chemtrail gave its own."""
+    for item in doc.events:
+        if item.source == CONTROL_SOURCE:
+            item.source = SURFACE_SOURCE
+    return doc
 
 
 def _stamp(t: datetime) -> str:
@@ -76,6 +86,7 @@ class EventStore:
         )
         if not doc.events:
             return None
+        doc = in_chemtrail_words(doc)
         if doc.status in CLOSED:
             self._remember(op_id, doc)
         return doc

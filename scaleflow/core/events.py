@@ -105,7 +105,7 @@ def _items(
                 # The reading and the rule that started this resize.
                 add(ts, reason.removeprefix("autoscaler: "), "autoscaler")
             elif reason == "min_count":
-                add(ts, "the pool is below its MinCount: adding nodes")
+                add(ts, "the pool is below its minimum: adding nodes")
         elif et == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
             attrs = ev.activity_task_scheduled_event_attributes
             activity_types[ev.event_id] = attrs.activity_type.name

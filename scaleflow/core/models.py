@@ -15,7 +15,8 @@ from scaleflow.core.slots import SlotMap
 NAME_RE = re.compile(r"^[A-Za-z0-9@._-]{1,64}$")
 # The control plane's own events carry the original scaler's source name, so that
 # clients written against chemtrail keep working.
-CONTROL_SOURCE = "chemtrail"
+# Source of the events scaleflow writes itself; each surface names it its own way.
+CONTROL_SOURCE = "scaleflow"
 
 
 def pool_workflow_id(name: str) -> str:
@@ -106,7 +107,7 @@ class PoolConfig(BaseModel):
     def _bounds(self) -> PoolConfig:
         if self.min_count > self.max_count:
             raise ValueError(
-                f"MinCount ({self.min_count}) must not exceed MaxCount ({self.max_count})"
+                f"min_count ({self.min_count}) must not exceed max_count ({self.max_count})"
             )
         return self
 
@@ -165,7 +166,7 @@ class OperationRequest(BaseModel):
     clear: DataClearSpec | None = None
     # Scale-in of these nodes (by id or address) instead of the selector's choice.
     nodes: list[str] | None = None
-    # terminate_all: may go below MinCount (the pool then tops itself up again).
+    # terminate_all: may go below min_count (the pool then tops itself up again).
     ignore_min: bool = False
 
 

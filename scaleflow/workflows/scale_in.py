@@ -17,6 +17,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from scaleflow.core.errors import ErrorKind
     from scaleflow.core.models import (
+        CONTROL_SOURCE,
         Engine,
         Node,
         NodeState,
@@ -62,8 +63,8 @@ class ScaleInWorkflow(OperationBase):
         node = select_node(pool, inp.config.selector, load)
         if node is None:
             raise ApplicationError(
-                f"no node of class {inp.pool} can be removed",
-                {"source": "chemtrail"},
+                f"no node of pool {inp.pool} can be removed",
+                {"source": CONTROL_SOURCE},
                 type=ErrorKind.NO_NODES.value,
                 non_retryable=True,
             )

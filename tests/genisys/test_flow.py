@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from scaleflow.activities.processes import free_port
-from scaleflow.core.models import CONTROL_SOURCE
+from scaleflow.api.events import SURFACE_SOURCE as CONTROL_SOURCE
 from tests.e2e.stack import Stack
 from tests.genisys.connector_stub import StubConnector
 from tests.genisys.helpers import define, eventually, unique, upscale

@@ -21,8 +21,8 @@ import pytest
 from pymemcache.client.base import Client as MemcacheClient
 
 from scaleflow.activities import processes
+from scaleflow.api.events import SURFACE_SOURCE as CONTROL_SOURCE
 from scaleflow.connector import LocalBackend, ServiceDefinition, build_connector_app
-from scaleflow.core.models import CONTROL_SOURCE
 from tests.connector import serve
 from tests.e2e.stack import Stack
 from tests.genisys.helpers import define, eventually, unique, upscale

@@ -24,6 +24,7 @@ from scaleflow.activities.data_clear import (
 )
 from scaleflow.core.events import MSG_FAILURE, MSG_STARTED, MSG_SUCCESS, build_scaling_event
 from scaleflow.core.models import (
+    CONTROL_SOURCE,
     DataClearSpec,
     Node,
     NodeState,
@@ -102,7 +103,7 @@ def lines(doc: ScalingEvent) -> list[tuple[str, str]]:
     """
     items = [(e.message, e.source) for e in doc.events]
     started = [i for i in items if i[0] == MSG_STARTED]
-    assert started == [(MSG_STARTED, "chemtrail")]
+    assert started == [(MSG_STARTED, CONTROL_SOURCE)]
     return [started[0], *[i for i in items if i[0] != MSG_STARTED]]
 
 
@@ -171,11 +172,11 @@ async def test_data_clear_empties_cache_s3_and_rds_end_to_end(
             doc = await document(time_env.client, handle)
 
         assert lines(doc) == [
-            (MSG_STARTED, "chemtrail"),
+            (MSG_STARTED, CONTROL_SOURCE),
             ("flushed 2 cache nodes (12 items before)", "memcached"),
             (f"removed 3 objects from s3://{bucket}", "s3"),
             (f"removed 10 rows from tables {', '.join(tables.names)}", "rds"),
-            (MSG_SUCCESS, "chemtrail"),
+            (MSG_SUCCESS, CONTROL_SOURCE),
         ]
         assert doc.status == "success"
         # Really gone: the cache, the bucket's objects and the rows (a fresh connection).
@@ -242,9 +243,9 @@ async def test_data_clear_fails_on_a_missing_bucket_and_stops_there(
     assert names == ["flush_cache", "empty_bucket"]
     messages = lines(doc)
     assert messages[:3] == [
-        (MSG_STARTED, "chemtrail"),
+        (MSG_STARTED, CONTROL_SOURCE),
         ("no cache nodes to flush", "memcached"),
         ("S3 bucket 'no-such-bucket' does not exist (SCALEFLOW_S3_BUCKET)", "s3"),
     ]
-    assert messages[-1] == (MSG_FAILURE, "chemtrail")
+    assert messages[-1] == (MSG_FAILURE, CONTROL_SOURCE)
     assert doc.status == "failed"
