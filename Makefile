@@ -28,7 +28,7 @@ run: deps
 test: test-deps
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/pytest -q -p no:cacheprovider
+	$(BIN)/pytest -q -p no:cacheprovider -n 3 --dist loadfile
 
 bench: deps
 	$(BIN)/python -m bench

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from scaleflow.activities.providers.local import LocalProvider
 from scaleflow.core.settings import Settings
 from scaleflow.devserver import DEV_SERVER_EXTRA_ARGS
 from scaleflow.workflows import attributes
+from tests.chaos.harness import ROWS_FILE_ENV, recorded, table
 from tests.servers import memcached, temporal_cli, temporal_test_server
 
 pytest_plugins = ["tests.aws_fixtures"]
@@ -80,3 +83,26 @@ def provider(settings: Settings, memcached_bin: str) -> Iterator[LocalProvider]:
         p.stop_all()
         for port in ports:
             assert processes.find_listening("memcached", "127.0.0.1", port) is None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The controller (with or without pytest-xdist) names the file the chaos matrix's
+    # rows are collected in; workers inherit it through the environment.
+    if not hasattr(config, "workerinput") and ROWS_FILE_ENV not in os.environ:
+        fd, path = tempfile.mkstemp(prefix="scaleflow-chaos-", suffix=".jsonl")
+        os.close(fd)
+        os.environ[ROWS_FILE_ENV] = path
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    rows = recorded(os.environ.get(ROWS_FILE_ENV, ""))
+    if rows:
+        terminalreporter.write_sep("=", "chaos matrix")
+        terminalreporter.write_line(table(rows))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput"):
+        path = os.environ.pop(ROWS_FILE_ENV, None)
+        if path:
+            Path(path).unlink(missing_ok=True)

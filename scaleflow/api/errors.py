@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from temporalio.client import RPCTimeoutOrCancelledError
+from temporalio.client import RPCTimeoutOrCancelledError, WorkflowQueryFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from scaleflow.api.limits import DEFAULT_RETRY_AFTER_S, UpdateBusyError, is_transient_refusal
@@ -87,6 +87,12 @@ def install(app: FastAPI, formats: Mapping[str, Formatter]) -> None:
     async def _busy(request: Request, exc: UpdateBusyError) -> JSONResponse:
         log.warning("update turned away: %s", exc.message)
         return busy_response(request, exc.message, exc.retry_after_s)
+
+    @app.exception_handler(WorkflowQueryFailedError)
+    async def _query_failed(request: Request, exc: WorkflowQueryFailedError) -> JSONResponse:
+        # The entity could not answer (e.g. its workflow task is failing): not our 500.
+        log.warning("workflow query failed: %s", exc)
+        return error_response(request, 503, f"the entity could not answer: {exc}")
 
     @app.exception_handler(RPCTimeoutOrCancelledError)
     async def _timeout(request: Request, exc: RPCTimeoutOrCancelledError) -> JSONResponse:

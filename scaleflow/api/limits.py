@@ -53,7 +53,11 @@ def is_transient_refusal(exc: BaseException) -> bool:
         return False
     if exc.status == RPCStatusCode.RESOURCE_EXHAUSTED:
         return True
-    return exc.status == RPCStatusCode.UNAVAILABLE and "update was aborted" in exc.message.lower()
+    message = exc.message.lower()
+    # A query the server dropped from a busy workflow's buffer asks to be retried.
+    return exc.status == RPCStatusCode.UNAVAILABLE and (
+        "update was aborted" in message or "please retry" in message
+    )
 
 
 @dataclass
@@ -112,21 +116,31 @@ class UpdateLimiter:
         """``attempt()`` in a turn of ``workflow_id``, retried while Temporal refuses it
         for load. ``attempt`` must be safe to repeat (a stable update id)."""
         async with self.slot(workflow_id):
-            for delay in (*self.retry_delays_s, None):
-                try:
-                    return await attempt()
-                except RPCError as exc:
-                    if not is_transient_refusal(exc):
-                        raise
-                    if delay is None:
-                        raise UpdateBusyError(
-                            f"Temporal is busy with changes to {workflow_id} "
-                            f"({exc.message}); retry later",
-                            self.retry_after_s,
-                        ) from exc
-                    log.info("update of %s refused for load, retrying: %s", workflow_id, exc)
-                    await asyncio.sleep(delay * random.uniform(0.5, 1.5))
-        raise AssertionError("unreachable")  # the loop returns or raises
+            return await retried(workflow_id, attempt, self.retry_delays_s, self.retry_after_s)
+
+
+async def retried(
+    workflow_id: str,
+    attempt: Callable[[], Awaitable[T]],
+    delays_s: tuple[float, ...] = RETRY_DELAYS_S,
+    retry_after_s: int = DEFAULT_RETRY_AFTER_S,
+) -> T:
+    """``attempt()`` retried while Temporal refuses it for load (queries too: a burst
+    fills a workflow's query buffer), then :class:`UpdateBusyError` (a 429)."""
+    for delay in (*delays_s, None):
+        try:
+            return await attempt()
+        except RPCError as exc:
+            if not is_transient_refusal(exc):
+                raise
+            if delay is None:
+                raise UpdateBusyError(
+                    f"Temporal is busy with {workflow_id} ({exc.message}); retry later",
+                    retry_after_s,
+                ) from exc
+            log.info("call on %s refused for load, retrying: %s", workflow_id, exc)
+            await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+    raise AssertionError("unreachable")  # the loop returns or raises
 
 
 # One limiter per Temporal client: the bound is per workflow, and every caller in this

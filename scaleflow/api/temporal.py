@@ -8,6 +8,7 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 
 from scaleflow.api.deps import execute_update, update_with_start
+from scaleflow.api.limits import retried
 from scaleflow.core.errors import ErrorKind, ScaleflowError
 from scaleflow.core.models import PoolInit, PoolView, pool_workflow_id, valid_name
 from scaleflow.core.settings import Settings
@@ -57,7 +58,8 @@ async def upsert_pool(
 
 async def pool_view(client: Client, name: str) -> PoolView | None:
     try:
-        return await pool_handle(client, name).query(PoolWorkflow.view)
+        handle = pool_handle(client, name)
+        return await retried(handle.id, lambda: handle.query(PoolWorkflow.view))
     except RPCError as exc:
         if exc.status == RPCStatusCode.NOT_FOUND:
             return None

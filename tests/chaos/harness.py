@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -105,6 +106,28 @@ class Row:
 
 
 ROWS: list[Row] = []
+# Set by tests/conftest.py: where every pytest-xdist worker adds its rows, so the
+# controller can print the whole matrix at the end.
+ROWS_FILE_ENV = "SCALEFLOW_CHAOS_ROWS"
+
+
+def record(rows: list[Row]) -> None:
+    ROWS.extend(rows)
+    path = os.environ.get(ROWS_FILE_ENV)
+    if path:
+        with open(path, "a", encoding="utf-8") as out:
+            for r in rows:
+                out.write(json.dumps(dataclasses.asdict(r)) + "\n")
+
+
+def recorded(path: str) -> list[Row]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [Row(**json.loads(line)) for line in f if line.strip()]
+    except FileNotFoundError:
+        return []
+
+
 COLUMNS = ("operation", "N", "fault", "result", "nodes", "leaked", "keys lost", "seconds", "ok")
 
 
@@ -573,7 +596,8 @@ def _expected_ids(case: Case, status: str, ids: set[str]) -> tuple[int, str | No
     return len(before), None
 
 
-async def _check_local(case: Case, status: str) -> None:
+async def _check_members(case: Case, status: str) -> dict[str, Any]:
+    """The pool's members: as many as expected, the right ones, all ready."""
     row = case.row
     view = await case.view()
     ids = {n["id"] for n in view["nodes"]}
@@ -588,6 +612,13 @@ async def _check_local(case: Case, status: str) -> None:
     not_ready = [f"{n['id'][:8]} {n['state']}" for n in view["nodes"] if n["state"] != "ready"]
     if not_ready:
         row.problems.append(f"nodes not ready: {not_ready}")
+    return view
+
+
+async def _check_local(case: Case, status: str) -> None:
+    row = case.row
+    view = await _check_members(case, status)
+    ids = {n["id"] for n in view["nodes"]}
 
     local = LocalProvider(case.settings)
     records = {r.node_id: local.running_pid(r) for r in local.records() if r.pool == case.pool}
@@ -641,20 +672,7 @@ async def _check_local(case: Case, status: str) -> None:
 async def _check_nomad(case: Case, status: str) -> None:
     row, aws = case.row, case.env.aws
     assert aws is not None and case.asg is not None
-    view = await case.view()
-    ids = {n["id"] for n in view["nodes"]}
-    want, wrong = _expected_ids(case, status, ids)
-    row.nodes = f"{len(ids)}/{want}"
-    if len(ids) != want:
-        row.problems.append(f"{len(ids)} nodes, expected {want}")
-    if wrong:
-        row.problems.append(wrong)
-    if case.mode != "cancel" and status != "success":
-        row.problems.append(f"operation ended {status}")
-    not_ready = [f"{n['id'][:8]} {n['state']}" for n in view["nodes"] if n["state"] != "ready"]
-    if not_ready:
-        row.problems.append(f"nodes not ready: {not_ready}")
-
+    view = await _check_members(case, status)
     refs = {n["provider_ref"] for n in view["nodes"]}
     group = set(await asyncio.to_thread(aws.instances, case.asg))
     row.leaked = len(group - refs)

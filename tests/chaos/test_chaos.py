@@ -18,11 +18,11 @@ from temporalio.testing import WorkflowEnvironment
 
 from tests.chaos.harness import (
     OPERATIONS,
-    ROWS,
     Aws,
     Env,
     Operation,
     Row,
+    record,
     run_case,
     run_matrix,
     table,
@@ -63,7 +63,7 @@ async def baseline(env: Env, op: Operation) -> Row:
     if op.name not in BASELINES:
         row = await run_case(env, op, 0, "none")
         BASELINES[op.name] = row
-        ROWS.append(row)
+        record([row])
         print(f"\n{op.name}: {len(row.activities)} activities: {row.activities}")
     return BASELINES[op.name]
 
@@ -77,7 +77,7 @@ async def test_every_activity_boundary(env: Env, op: Operation, mode: str) -> No
     k = len(base.activities)
     assert k > 0, "the operation ran no activity"
     rows = await run_matrix(env, op, mode, range(1, k + 1))
-    ROWS.extend(rows)
+    record(rows)
     print(f"\n{table([base, *rows])}")
     failed = [r for r in rows if not r.ok]
     assert not failed, f"{len(failed)} of {len(rows)} cases failed:\n{table(failed)}"

@@ -28,6 +28,7 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 
 from scaleflow.api.deps import ClientDep, SettingsDep, update_with_start
+from scaleflow.api.limits import retried
 from scaleflow.core.genisys import (
     MAX_RESOURCES,
     REGISTRY_ID,
@@ -234,9 +235,8 @@ async def service_view(client: Client, name: str) -> ServiceView | None:
     if not valid_name(name):
         return None
     try:
-        return await client.get_workflow_handle(service_workflow_id(name)).query(
-            ServiceWorkflow.view
-        )
+        handle = client.get_workflow_handle(service_workflow_id(name))
+        return await retried(handle.id, lambda: handle.query(ServiceWorkflow.view))
     except RPCError as exc:
         if exc.status == RPCStatusCode.NOT_FOUND:
             return None

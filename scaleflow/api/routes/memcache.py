@@ -22,6 +22,7 @@ from temporalio.client import Client, WorkflowQueryFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from scaleflow.api.deps import ClientDep, RequestId, SettingsDep
+from scaleflow.api.limits import retried
 from scaleflow.api.schemas.memcache import (
     CacheListBody,
     ManagerConfigBody,
@@ -226,7 +227,10 @@ async def aggregate_stats(client: ClientDep, settings: SettingsDep) -> JSONRespo
 async def stats_of(client: Client, settings: Settings) -> list[StatsSample]:
     name = settings.default_pool_name
     try:
-        samples: list[StatsSample] = await pool_handle(client, name).query(PoolWorkflow.stats)
+        handle = pool_handle(client, name)
+        samples: list[StatsSample] = await retried(
+            handle.id, lambda: handle.query(PoolWorkflow.stats)
+        )
     except RPCError as exc:
         if exc.status == RPCStatusCode.NOT_FOUND:
             raise ScaleflowError(ErrorKind.NOT_FOUND, f"no pool named {name!r}") from exc

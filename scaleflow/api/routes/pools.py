@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field, field_validator
 from temporalio.service import RPCError, RPCStatusCode
 
 from scaleflow.api.deps import ClientDep, RequestId
+from scaleflow.api.limits import retried
 from scaleflow.api.temporal import call_pool, pool_handle, pool_view, pool_views
 from scaleflow.core.errors import ErrorKind, ScaleflowError
 from scaleflow.core.models import (
@@ -49,7 +50,8 @@ async def read_slots(
     """The pool's slot map. Its ETag is the epoch: a client polling with
     ``If-None-Match`` gets 304 until the map changes."""
     try:
-        slot_map: SlotMap = await pool_handle(client, name).query(PoolWorkflow.slots)
+        handle = pool_handle(client, name)
+        slot_map: SlotMap = await retried(handle.id, lambda: handle.query(PoolWorkflow.slots))
     except RPCError as exc:
         if exc.status == RPCStatusCode.NOT_FOUND:
             raise ScaleflowError(ErrorKind.NOT_FOUND, f"no pool named {name!r}") from exc
