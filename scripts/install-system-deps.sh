@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the stack runs for real (memcached; chromium for
-# the dashboard test). Says what to do when it cannot install them itself.
+# Installs the Debian packages the stack runs for real (memcached; redis-server
+# and redis-tools for the broker's clusters; chromium for the dashboard test).
+# Says what to do when it cannot install them itself.
 set -euo pipefail
 
 need=()
 command -v memcached >/dev/null 2>&1 || need+=(memcached)
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 # Only the test suite needs a browser (the dashboard test): `--with-browser`.
 if [ "${1:-}" = "--with-browser" ]; then
   command -v chromium >/dev/null 2>&1 || need+=(chromium)
@@ -27,6 +30,8 @@ if ! $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 # Debian's package starts a system memcached on 11211; scaleflow runs its own.
+# Debian's redis-server also starts the machine's own Redis on 6379: it is left
+# alone, as scaleflow's redis-server processes never use 6379.
 for pkg in "${need[@]}"; do
   [ "$pkg" = memcached ] && { $SUDO service memcached stop >/dev/null 2>&1 || true; }
 done

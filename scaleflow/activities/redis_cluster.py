@@ -1,0 +1,1022 @@
+"""Redis Cluster activities of the broker, with redis-py: form, migrate, fail over, remove.
+
+Every activity talks to the nodes directly (one ``redis.Redis`` per node) and is
+idempotent: run again on a cluster already in the wanted state, it changes nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from temporalio import activity
+from temporalio.exceptions import CancelledError
+
+from scaleflow.activities.notes import fatal, note, retryable
+from scaleflow.core.broker.activity_io import (
+    FailoverInput,
+    FailoverResult,
+    FormClusterInput,
+    FormClusterResult,
+    MigrateSlotsInput,
+    MigrateSlotsProgress,
+    MigrateSlotsResult,
+    PingNodesInput,
+    PingNodesResult,
+    ReadShardsInput,
+    ReadShardsResult,
+    RemoveNodesInput,
+    RemoveNodesResult,
+    Shard,
+    ShardNode,
+)
+from scaleflow.core.broker.models import Role
+from scaleflow.core.broker.ranges import normalize
+from scaleflow.core.models import EventNote
+from scaleflow.core.settings import Settings
+from scaleflow.core.slots import SLOTS, slot_of
+
+SOURCE = "redis"
+POLL_S = 0.05
+# Redis gives up a manual failover after 5 s.
+MANUAL_FAILOVER_S = 5.5
+
+# ---- connections and CLUSTER NODES ------------------------------------------------------
+
+
+def split_address(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host, int(port)
+
+
+def node_client(address: str, timeout_s: float) -> redis.Redis:
+    host, port = split_address(address)
+    # No retries inside redis-py (its default backs off for seconds): the activity's
+    # retry policy decides, and a timed-out MIGRATE must not be sent twice blindly.
+    return redis.Redis(
+        host=host,
+        port=port,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=min(timeout_s, 5.0),
+        retry=Retry(NoBackoff(), 0),
+    )
+
+
+class Conns:
+    """One client per node address, closed together."""
+
+    def __init__(self, timeout_s: float = 5.0) -> None:
+        self.timeout_s = timeout_s
+        self._clients: dict[str, redis.Redis] = {}
+
+    def __getitem__(self, address: str) -> redis.Redis:
+        if address not in self._clients:
+            self._clients[address] = node_client(address, self.timeout_s)
+        return self._clients[address]
+
+    def close(self) -> None:
+        for c in self._clients.values():
+            with contextlib.suppress(Exception):
+                c.close()
+        self._clients.clear()
+
+
+@contextlib.contextmanager
+def connections(timeout_s: float = 5.0) -> Iterator[Conns]:
+    conns = Conns(timeout_s)
+    try:
+        yield conns
+    except (redis.ConnectionError, redis.TimeoutError) as e:
+        raise retryable(f"redis node unreachable: {e}", SOURCE) from e
+    except redis.ResponseError as e:
+        # CLUSTERDOWN, TRYAGAIN, LOADING and the like pass; a retry starts from a fresh view.
+        raise retryable(f"redis error: {e}", SOURCE) from e
+    finally:
+        conns.close()
+
+
+@dataclass
+class NodeLine:
+    """One line of CLUSTER NODES."""
+
+    id: str
+    address: str
+    bus_port: int
+    flags: frozenset[str]
+    master_id: str | None
+    config_epoch: int
+    connected: bool
+    ranges: list[tuple[int, int]] = field(default_factory=list)
+    # Open slots; only the node's own line shows them.
+    migrating: dict[int, str] = field(default_factory=dict)
+    importing: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def is_master(self) -> bool:
+        return "master" in self.flags
+
+    @property
+    def settled(self) -> bool:
+        """Known for real: past the handshake, with an address, not failing."""
+        return not self.flags & {"handshake", "noaddr", "fail", "fail?"}
+
+
+def parse_node_line(line: str) -> NodeLine:
+    parts = line.split()
+    addr, _, bus = parts[1].partition("@")
+    node = NodeLine(
+        id=parts[0],
+        address=addr,
+        bus_port=int(bus.split(",")[0] or 0),
+        flags=frozenset(parts[2].split(",")),
+        master_id=None if parts[3] == "-" else parts[3],
+        config_epoch=int(parts[6]),
+        connected=parts[7] == "connected",
+    )
+    for token in parts[8:]:
+        if token.startswith("["):
+            slot, arrow, other = token[1:-1].partition("->-")
+            if arrow:
+                node.migrating[int(slot)] = other
+            else:
+                slot, _, other = token[1:-1].partition("-<-")
+                node.importing[int(slot)] = other
+        else:
+            start, _, end = token.partition("-")
+            node.ranges.append((int(start), int(end or start)))
+    return node
+
+
+@dataclass
+class View:
+    """One node's view of its cluster."""
+
+    myself: NodeLine
+    nodes: list[NodeLine]
+    _owners: list[str | None] | None = field(default=None, repr=False)
+
+    def by_id(self, node_id: str) -> NodeLine | None:
+        return next((n for n in self.nodes if n.id == node_id), None)
+
+    def slot_owners(self) -> dict[str, list[tuple[int, int]]]:
+        return {n.id: normalize(n.ranges) for n in self.nodes if n.ranges}
+
+    def owner_of(self, slot: int) -> str | None:
+        if self._owners is None:
+            self._owners = [None] * SLOTS
+            for n in self.nodes:
+                for a, b in n.ranges:
+                    self._owners[a : b + 1] = [n.id] * (b - a + 1)
+        return self._owners[slot]
+
+
+def _text(raw: Any) -> str:
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+def view_of(r: redis.Redis) -> View:
+    lines = [parse_node_line(x) for x in _text(r.execute_command("CLUSTER", "NODES")).splitlines()]
+    myself = next(n for n in lines if "myself" in n.flags)
+    return View(myself=myself, nodes=lines)
+
+
+def cluster_state_ok(r: redis.Redis) -> bool:
+    return "cluster_state:ok" in _text(r.execute_command("CLUSTER", "INFO"))
+
+
+def _heartbeat(*details: Any) -> None:
+    if activity.in_activity():
+        activity.heartbeat(*details)
+
+
+def _label(ranges: list[tuple[int, int]]) -> str:
+    return ", ".join(f"{a}-{b}" if a != b else str(a) for a, b in ranges) or "none"
+
+
+# ---- forming: create and add nodes --------------------------------------------------------
+
+
+def form_cluster(req: FormClusterInput, conns: Conns) -> FormClusterResult:
+    """MEET, ADDSLOTSRANGE, REPLICATE until every node agrees and says cluster_state:ok."""
+    deadline = time.monotonic() + req.timeout_s
+    events: list[EventNote] = []
+    addresses = [n.address for n in req.nodes]
+    slots_assigned = False
+    while True:
+        views = {a: view_of(conns[a]) for a in addresses}
+        ids = {a: v.myself.id for a, v in views.items()}
+        if not slots_assigned:
+            _set_config_epochs(addresses, conns, views)
+            events += _assign_slots(req, conns, views)
+            slots_assigned = True
+            views = {a: view_of(conns[a]) for a in addresses}
+        events += _meet(addresses, conns, views)
+        events += _replicate(req, conns, views, ids)
+        waiting = _not_formed(req, conns, views, ids)
+        if not waiting:
+            break
+        if time.monotonic() > deadline:
+            raise retryable(f"the cluster did not form in {req.timeout_s:g} s: {waiting}", SOURCE)
+        _heartbeat(waiting)
+        time.sleep(POLL_S)
+    masters = sum(1 for n in req.nodes if n.role == Role.MASTER)
+    events.append(
+        note(f"cluster of {len(addresses)} nodes ({masters} masters) is ok on every node", SOURCE)
+    )
+    return FormClusterResult(node_ids=ids, events=events)
+
+
+def _set_config_epochs(addresses: list[str], conns: Conns, views: dict[str, View]) -> None:
+    """Give each new node a config epoch of its own, as redis-cli's create does.
+
+    Nodes otherwise start at 0 and settle collisions among themselves, which can leave
+    a replica on the same epoch as its master: its TAKEOVER then claims the slots with
+    an epoch no higher than theirs, and the other nodes never accept the claim.
+    """
+    fresh = [a for a in addresses if len(views[a].nodes) == 1 and not views[a].myself.config_epoch]
+    if not fresh:
+        return
+    top = max(
+        [n.config_epoch for v in views.values() for n in v.nodes]
+        + [_current_epoch(conns[a]) for a in addresses]
+    )
+    for i, a in enumerate(fresh, start=1):
+        conns[a].execute_command("CLUSTER", "SET-CONFIG-EPOCH", top + i)
+
+
+def _current_epoch(r: redis.Redis) -> int:
+    for line in _text(r.execute_command("CLUSTER", "INFO")).splitlines():
+        if line.startswith("cluster_current_epoch:"):
+            return int(line.split(":")[1])
+    return 0
+
+
+def _assign_slots(req: FormClusterInput, conns: Conns, views: dict[str, View]) -> list[EventNote]:
+    # A slot any node already sees owned stays where it is: a re-run changes nothing.
+    owned = [False] * SLOTS
+    for v in views.values():
+        for n in v.nodes:
+            for a, b in n.ranges:
+                owned[a : b + 1] = [True] * (b - a + 1)
+    events = []
+    for spec in req.nodes:
+        free = [s for a, b in spec.slots for s in range(a, b + 1) if not owned[s]]
+        ranges = normalize((s, s) for s in free)
+        if not ranges:
+            continue
+        args = [x for r in ranges for x in r]
+        conns[spec.address].execute_command("CLUSTER", "ADDSLOTSRANGE", *args)
+        events.append(note(f"{spec.address} took slots {_label(ranges)}", SOURCE))
+    return events
+
+
+def _meet(addresses: list[str], conns: Conns, views: dict[str, View]) -> list[EventNote]:
+    # The node that knows most of the others introduces the rest; gossip does the others.
+    def known(v: View) -> set[str]:
+        return {n.address for n in v.nodes}
+
+    seed = max(addresses, key=lambda a: len(known(views[a]) & set(addresses)))
+    events = []
+    for a in addresses:
+        if a != seed and a not in known(views[seed]):
+            host, port = split_address(a)
+            conns[seed].execute_command("CLUSTER", "MEET", host, port, views[a].myself.bus_port)
+            events.append(note(f"{seed} met {a}", SOURCE))
+    return events
+
+
+def _replicate(
+    req: FormClusterInput, conns: Conns, views: dict[str, View], ids: dict[str, str]
+) -> list[EventNote]:
+    events = []
+    for spec in req.nodes:
+        if spec.role != Role.REPLICA or spec.master is None:
+            continue
+        v, master_id = views[spec.address], ids[spec.master]
+        if v.myself.master_id == master_id:
+            continue
+        if v.myself.is_master and v.myself.ranges:
+            raise fatal(f"{spec.address} owns slots and cannot replicate {spec.master}", SOURCE)
+        master = v.by_id(master_id)
+        if master is None or not master.settled:
+            continue  # it does not know its master yet: the next round
+        try:
+            conns[spec.address].execute_command("CLUSTER", "REPLICATE", master_id)
+        except redis.ResponseError as e:
+            # "To set a master the node must be empty": it holds keys; retrying cannot help.
+            if "empty" in str(e):
+                raise fatal(f"{spec.address} cannot be a replica: {e}", SOURCE) from e
+            raise
+        events.append(note(f"{spec.address} replicates {spec.master}", SOURCE))
+    return events
+
+
+def _not_formed(
+    req: FormClusterInput, conns: Conns, views: dict[str, View], ids: dict[str, str]
+) -> str:
+    """What is still missing, or ``""`` when the cluster is formed."""
+    for a, v in views.items():
+        for other, other_id in ids.items():
+            line = v.by_id(other_id)
+            if line is None or not line.settled or (other != a and not line.connected):
+                return f"{a} does not know {other} yet"
+    for spec in req.nodes:
+        if spec.master is not None and views[spec.address].myself.master_id != ids[spec.master]:
+            return f"{spec.address} is not a replica of {spec.master} yet"
+    for spec in req.nodes:
+        # A replica still loading its first sync is not a copy yet.
+        if spec.master is None:
+            continue
+        if replication(conns[spec.address]).get("master_link_status") != "up":
+            return f"{spec.address} has not synced with {spec.master} yet"
+    maps = {a: v.slot_owners() for a, v in views.items()}
+    first = next(iter(maps.values()))
+    for a, m in maps.items():
+        if m != first:
+            return f"{a} does not agree on the slots yet"
+    for a in views:
+        if not cluster_state_ok(conns[a]):
+            return f"{a} does not say cluster_state:ok yet"
+    return ""
+
+
+# ---- slot migration ---------------------------------------------------------------------
+
+# Run on the source, atomically: move every key of a slot and give the slot to the target.
+# Clients never get an ASK naming the target (redis-py #4015 crashes on an ASK naming a
+# node it does not know). The last key moved is a signal (ARGV[8]) that a blocked BLPOP on
+# the target waits for, pipelined with the target's own SETSLOT NODE: the target takes the
+# slot while this script still runs, so no client is ever sent back and forth.
+# A failed MIGRATE leaves the slot MIGRATING, so a key already moved is found by ASK.
+HANDOVER_LUA = """
+local slot = tonumber(ARGV[1])
+local n = redis.call('CLUSTER', 'COUNTKEYSINSLOT', slot)
+if n > tonumber(ARGV[6]) then return {0, n, 0} end
+local function fail(err)
+  redis.call('DEL', ARGV[8])
+  redis.call('CLUSTER', 'SETSLOT', slot, 'MIGRATING', ARGV[5])
+  return redis.error_reply('HANDOVER ' .. err)
+end
+local bytes = 0
+if n > 0 then
+  local keys = redis.call('CLUSTER', 'GETKEYSINSLOT', slot, n)
+  if ARGV[7] == '1' then
+    for _, k in ipairs(keys) do
+      bytes = bytes + (redis.call('MEMORY', 'USAGE', k, 'SAMPLES', 0) or 0)
+    end
+  end
+  -- In batches: unpack() is limited by Lua's stack.
+  for i = 1, #keys, 500 do
+    local res = redis.pcall('MIGRATE', ARGV[2], ARGV[3], '', 0, ARGV[4], 'REPLACE', 'KEYS',
+                            unpack(keys, i, math.min(i + 499, #keys)))
+    if type(res) == 'table' and res.err then return fail(res.err) end
+  end
+end
+-- Only once every key is there: the signal lets the target take the slot.
+redis.call('RPUSH', ARGV[8], 1, 1)
+local res = redis.pcall('MIGRATE', ARGV[2], ARGV[3], ARGV[8], 0, ARGV[4], 'REPLACE')
+if type(res) == 'table' and res.err then return fail(res.err) end
+redis.call('CLUSTER', 'SETSLOT', slot, 'NODE', ARGV[5])
+return {1, n, bytes}
+"""
+
+
+# The target's side, run right after its BLPOP: it takes the slot only if the signal
+# really came (BLPOP popped one element, this pops the other). Had the BLPOP failed at
+# once, taking the slot while the source still holds keys would lose them.
+TAKE_LUA = """
+if redis.call('LPOP', KEYS[1]) then
+  redis.call('CLUSTER', 'SETSLOT', ARGV[1], 'NODE', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+
+@functools.cache
+def signal_keys() -> dict[int, str]:
+    """A key name for every slot: the hand-over's signal must live in the moving slot."""
+    found: dict[int, str] = {}
+    i = 0
+    while len(found) < SLOTS:
+        key = f"scaleflow:handover:{{{i}}}"
+        found.setdefault(slot_of(key), key)
+        i += 1
+    return found
+
+
+# GETKEYSINSLOT, with the keys' size summed on the server: no extra command per key.
+KEYS_LUA = """
+local keys = redis.call('CLUSTER', 'GETKEYSINSLOT', ARGV[1], ARGV[2])
+local bytes = 0
+if ARGV[3] == '1' then
+  for _, k in ipairs(keys) do
+    bytes = bytes + (redis.call('MEMORY', 'USAGE', k, 'SAMPLES', 0) or 0)
+  end
+end
+table.insert(keys, 1, bytes)
+return keys
+"""
+
+
+class SlotMigration:
+    """Moves slot ranges from one master to another, one small group of slots at a time."""
+
+    def __init__(
+        self,
+        req: MigrateSlotsInput,
+        conns: Conns,
+        resume: MigrateSlotsProgress | None = None,
+        heartbeat: Callable[..., None] = _heartbeat,
+        cancelled: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self.req = req
+        self.conns = conns
+        self.heartbeat = heartbeat
+        self.cancelled = cancelled
+        self.src = conns[req.source]
+        self.dst = conns[req.target]
+        self.target_host, self.target_port = split_address(req.target)
+        self.resume = resume
+        self.events: list[EventNote] = []
+        self.handovers = 0
+
+    # ---- set-up ---------------------------------------------------------------
+
+    def _prepare(self) -> MigrateSlotsProgress:
+        sview, tview = view_of(self.src), view_of(self.dst)
+        if not sview.myself.is_master or not tview.myself.is_master:
+            raise fatal(f"{self.req.source} and {self.req.target} must both be masters", SOURCE)
+        self.src_id, self.dst_id = sview.myself.id, tview.myself.id
+        if sview.by_id(self.dst_id) is None:
+            raise fatal(f"{self.req.target} is not in the cluster of {self.req.source}", SOURCE)
+        if not cluster_state_ok(self.dst):
+            # MIGRATE would fail with CLUSTERDOWN; the node is still joining.
+            raise retryable(f"{self.req.target} does not say cluster_state:ok yet", SOURCE)
+        # Every master learns the new owner at once; the rest follow by gossip.
+        self.others = [
+            n.address
+            for n in sview.nodes
+            if n.is_master and n.settled and n.id not in (self.src_id, self.dst_id)
+        ]
+        self.handover_script = self.src.register_script(HANDOVER_LUA)
+        # The target's side of each hand-over: BLPOP on the signal, then SETSLOT NODE.
+        self.waiter = redis.Connection(
+            host=self.target_host,
+            port=self.target_port,
+            socket_timeout=self.req.migrate_timeout_ms / 1000 + 5,
+            retry=Retry(NoBackoff(), 0),
+        )
+        self.keys_script = self.src.register_script(KEYS_LUA)
+        for s in (s for a, b in self.req.ranges for s in range(a, b + 1)):
+            if sview.owner_of(s) not in (self.src_id, self.dst_id):
+                raise fatal(f"slot {s} is not owned by {self.req.source}", SOURCE)
+        if self.resume is not None:
+            return self.resume
+        moving = {s for a, b in self.req.ranges for s in range(a, b + 1)}
+        owned = {s for a, b in tview.myself.ranges for s in range(a, b + 1)}
+        # No slot outside this move: clients may not know the target yet.
+        return MigrateSlotsProgress(next_slot=self.req.ranges[0][0], handover=owned <= moving)
+
+    # ---- the loop -------------------------------------------------------------
+
+    def run(self) -> MigrateSlotsResult:
+        progress = self._prepare()
+        try:
+            return self._run(progress)
+        finally:
+            self.waiter.disconnect()
+
+    def _run(self, progress: MigrateSlotsProgress) -> MigrateSlotsResult:
+        resumed_at = progress.next_slot if self.resume is not None else None
+        if resumed_at is not None:
+            self.events.append(
+                note(
+                    f"resumed migration of slots {self.req.label()} at slot {resumed_at} "
+                    f"after {progress.keys:,} keys",
+                    SOURCE,
+                )
+            )
+        if progress.handover:
+            self._claim_first_slot(progress)
+        for ri in range(progress.range_index, len(self.req.ranges)):
+            start, end = self.req.ranges[ri]
+            slot = progress.next_slot if ri == progress.range_index else start
+            slot = max(slot, start)
+            while slot <= end:
+                group = list(range(slot, min(slot + self.req.slots_per_group, end + 1)))
+                keys, nbytes = self._move_group(group, progress.handover)
+                slot = group[-1] + 1
+                done_range = slot > end and ri + 1 < len(self.req.ranges)
+                progress = progress.model_copy(
+                    update={
+                        "range_index": ri + 1 if done_range else ri,
+                        "next_slot": self.req.ranges[ri + 1][0] if done_range else slot,
+                        "keys": progress.keys + keys,
+                        "bytes": progress.bytes + nbytes,
+                        "slots_done": progress.slots_done + len(group),
+                    }
+                )
+                self.heartbeat(progress.model_dump(mode="json"))
+                if self.cancelled():
+                    raise CancelledError("slot migration cancelled")
+        self._wait_agreed(progress)
+        how = f", {self.handovers:,} slots handed over atomically" if self.handovers else ""
+        self.events.append(
+            note(
+                f"migrated slots {self.req.label()}: {progress.keys:,} keys "
+                f"({progress.bytes:,} bytes) from {self.req.source} to {self.req.target}{how}",
+                SOURCE,
+            )
+        )
+        return MigrateSlotsResult(
+            keys=progress.keys,
+            bytes=progress.bytes,
+            slots=sum(b - a + 1 for a, b in self.req.ranges),
+            resumed_at=resumed_at,
+            handovers=self.handovers,
+            events=self.events,
+        )
+
+    def _claim_first_slot(self, progress: MigrateSlotsProgress) -> None:
+        """Give the target its first slot without an ASK window, before any ASK names it."""
+        if view_of(self.dst).myself.ranges:
+            return
+        todo = [s for a, b in self.req.ranges for s in range(a, b + 1)]
+        counts: list[int] = []
+        for i in range(0, len(todo), 1000):
+            pipe = self.src.pipeline(transaction=False)
+            for s in todo[i : i + 1000]:
+                pipe.execute_command("CLUSTER", "COUNTKEYSINSLOT", s)
+            counts += pipe.execute()
+        fewest = min(counts)
+        slot = todo[counts.index(fewest)]
+        self.dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", self.src_id)
+        # Room for keys written since they were counted.
+        keys, nbytes, ok = self._handover(slot, max_keys=fewest + 1000)
+        if not ok:
+            raise retryable(f"could not hand slot {slot} over to {self.req.target}", SOURCE)
+        self._node_elsewhere([slot])
+        progress.keys += keys
+        progress.bytes += nbytes
+        self.events.append(note(f"{self.req.target} took its first slot, {slot}", SOURCE))
+
+    def _move_group(self, group: list[int], handover: bool) -> tuple[int, int]:
+        mine = view_of(self.dst).myself.ranges
+        todo = [s for s in group if not any(a <= s <= b for a, b in mine)]
+        keys = nbytes = 0
+        if todo:
+            sview = view_of(self.src)
+            owners = {s: sview.owner_of(s) for s in todo}
+            for s, owner in owners.items():
+                if owner not in (self.src_id, self.dst_id):
+                    raise fatal(
+                        f"slot {s} belongs to {owner or 'no node'}, not to {self.req.source}",
+                        SOURCE,
+                    )
+            # IMPORTING first, so the target accepts the keys (and any ASK) of these slots.
+            pipe = self.dst.pipeline(transaction=False)
+            for s in todo:
+                pipe.execute_command("CLUSTER", "SETSLOT", s, "IMPORTING", self.src_id)
+            pipe.execute()
+            windowed = []
+            for s in todo:
+                if owners[s] == self.dst_id:
+                    # Handed over by an attempt that stopped before the target took it.
+                    self.dst.execute_command("CLUSTER", "SETSLOT", s, "NODE", self.dst_id)
+                    continue
+                if handover:
+                    k, b, ok = self._handover(s, self.req.handover_max_keys)
+                    keys, nbytes = keys + k, nbytes + b
+                    if ok:
+                        continue
+                windowed.append(s)
+            if windowed:
+                k, b = self._migrate_window(windowed)
+                keys, nbytes = keys + k, nbytes + b
+        if len(todo) < len(group):
+            # Taken by the target in an earlier attempt: the source may not know yet.
+            done = [s for s in group if s not in todo]
+            self._pipeline(self.src, [("SETSLOT", s, "NODE", self.dst_id) for s in done])
+        self._node_elsewhere(group)
+        return keys, nbytes
+
+    # ---- one slot handed over atomically ----------------------------------------
+
+    def _handover(self, slot: int, max_keys: int) -> tuple[int, int, bool]:
+        signal = signal_keys()[slot]
+        waiter = self.waiter
+        args = [
+            slot,
+            self.target_host,
+            self.target_port,
+            self.req.migrate_timeout_ms,
+            self.dst_id,
+            max_keys,
+            "1" if self.req.count_bytes else "0",
+            signal,
+        ]
+        clean = False
+        try:
+            waiter.send_packed_command(
+                waiter.pack_commands(
+                    [
+                        # The slot is only IMPORTING on the target so far.
+                        ("ASKING",),
+                        ("BLPOP", signal, 0),
+                        ("ASKING",),
+                        ("EVAL", TAKE_LUA, 1, signal, slot, self.dst_id),
+                    ]
+                )
+            )
+            try:
+                done, keys, nbytes = self.handover_script(args=args)
+            except redis.ResponseError as e:
+                if "HANDOVER" in str(e):
+                    # The slot may be MIGRATING, or even taken: a retry reads it afresh.
+                    raise retryable(f"slot {slot}: atomic hand-over failed: {e}", SOURCE) from e
+                raise
+            if not done:
+                return 0, 0, False  # too many keys
+            took = [waiter.read_response() for _ in range(4)][-1]
+            clean = True
+            if took != 1:
+                raise retryable(f"{self.req.target} did not take slot {slot}", SOURCE)
+        finally:
+            if not clean:
+                # Still blocked: closing the connection discards the SETSLOT behind it.
+                waiter.disconnect()
+        self.handovers += 1
+        return int(keys), int(nbytes), True
+
+    # ---- slots moved through a MIGRATING/IMPORTING window -----------------------
+
+    def _migrate_window(self, slots: list[int]) -> tuple[int, int]:
+        self._pipeline(self.src, [("SETSLOT", s, "MIGRATING", self.dst_id) for s in slots])
+        keys, nbytes = self._move_keys(slots)
+        # The target first: once the source lets go, its ASKs must find an owner.
+        self._pipeline(self.dst, [("SETSLOT", s, "NODE", self.dst_id) for s in slots])
+        results = self._pipeline(
+            self.src, [("SETSLOT", s, "NODE", self.dst_id) for s in slots], raise_on_error=False
+        )
+        for s, res in zip(slots, results, strict=True):
+            if isinstance(res, redis.ResponseError):
+                if "hold keys" not in str(res):
+                    raise res
+                # A key the last GETKEYSINSLOT did not see yet: move it too.
+                k, b = self._move_keys([s])
+                keys, nbytes = keys + k, nbytes + b
+                self.src.execute_command("CLUSTER", "SETSLOT", s, "NODE", self.dst_id)
+        return keys, nbytes
+
+    def _move_keys(self, slots: list[int]) -> tuple[int, int]:
+        """GETKEYSINSLOT and pipelined MIGRATE until the slots are empty on the source."""
+        keys = nbytes = 0
+        per_round = self.req.keys_per_batch * self.req.pipeline_depth
+        pending = slots
+        flag = "1" if self.req.count_bytes else "0"
+        while pending:
+            pipe = self.src.pipeline(transaction=False)
+            for s in pending:
+                self.keys_script(args=[s, per_round, flag], client=pipe)
+            found = []
+            for reply in pipe.execute():
+                nbytes += int(reply[0])
+                found.append(reply[1:])
+            batches = [
+                f[i : i + self.req.keys_per_batch]
+                for f in found
+                for i in range(0, len(f), self.req.keys_per_batch)
+            ]
+            pipe = self.src.pipeline(transaction=False)
+            for batch in batches:
+                pipe.execute_command("MIGRATE", *self._migrate_args(batch, replace=False))
+            results = pipe.execute(raise_on_error=False) if batches else []
+            for batch, res in zip(batches, results, strict=True):
+                if isinstance(res, redis.ResponseError):
+                    if "BUSYKEY" not in str(res):
+                        raise res
+                    # The source is authoritative: its value wins over a stale copy.
+                    self.src.execute_command("MIGRATE", *self._migrate_args(batch, replace=True))
+                keys += len(batch)
+            # MIGRATING stops new keys on the source: a slot that gave fewer keys than asked
+            # for is empty now.
+            pending = [s for s, f in zip(pending, found, strict=True) if len(f) == per_round]
+        return keys, nbytes
+
+    def _pipeline(
+        self, r: redis.Redis, commands: list[tuple[Any, ...]], raise_on_error: bool = True
+    ) -> list[Any]:
+        """CLUSTER subcommands, sent together."""
+        pipe = r.pipeline(transaction=False)
+        for args in commands:
+            pipe.execute_command("CLUSTER", *args)
+        return pipe.execute(raise_on_error=raise_on_error)
+
+    def _migrate_args(self, batch: list[bytes], replace: bool) -> list[Any]:
+        args: list[Any] = [self.target_host, self.target_port, "", 0, self.req.migrate_timeout_ms]
+        if replace:
+            args.append("REPLACE")
+        return [*args, "KEYS", *batch]
+
+    def _node_elsewhere(self, slots: list[int]) -> None:
+        """SETSLOT NODE on the other masters, so none keeps the old owner until gossip."""
+        for address in self.others:
+            pipe = self.conns[address].pipeline(transaction=False)
+            for s in slots:
+                pipe.execute_command("CLUSTER", "SETSLOT", s, "NODE", self.dst_id)
+            # A master that is down or lagging learns the owner by gossip later.
+            with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
+                pipe.execute(raise_on_error=False)
+
+    def _wait_agreed(self, progress: MigrateSlotsProgress) -> None:
+        wait_seen_owning(
+            self.conns,
+            self.req.source,
+            self.dst_id,
+            self.req.ranges,
+            lambda: self.heartbeat(progress.model_dump(mode="json")),
+        )
+
+
+def wait_seen_owning(
+    conns: Conns,
+    seed: str,
+    owner_id: str,
+    ranges: list[tuple[int, int]],
+    heartbeat: Callable[[], None] = _heartbeat,
+    timeout_s: float = 15.0,
+) -> None:
+    """Until every node that answers sees ``owner_id`` own ``ranges``.
+
+    A client that reloads its slot map then gets the new owner from any node.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        lagging = []
+        for n in view_of(conns[seed]).nodes:
+            if not n.settled:
+                continue
+            try:
+                line = view_of(conns[n.address]).by_id(owner_id)
+            except (redis.ConnectionError, redis.TimeoutError):
+                continue  # down: it tells clients nothing
+            owned = normalize(line.ranges) if line is not None else []
+            if not all(any(a <= s and e <= b for a, b in owned) for s, e in ranges):
+                lagging.append(n.address)
+        if not lagging:
+            return
+        if time.monotonic() > deadline:
+            raise retryable(f"{', '.join(lagging)} do not see the new owner yet", SOURCE)
+        heartbeat()
+        time.sleep(POLL_S)
+
+
+def _resume_point() -> MigrateSlotsProgress | None:
+    if not activity.in_activity():
+        return None
+    details = activity.info().heartbeat_details
+    return MigrateSlotsProgress.model_validate(details[0]) if details else None
+
+
+# ---- failover, removal, pings, shards ---------------------------------------------------
+
+
+def failover(req: FailoverInput, conns: Conns) -> FailoverResult:
+    r = conns[req.replica]
+    v = view_of(r)
+    if v.myself.is_master:
+        # A retry after the promotion: only the wait for every node is left.
+        wait_seen_owning(conns, req.replica, v.myself.id, v.myself.ranges, timeout_s=req.timeout_s)
+        return FailoverResult(
+            master=req.replica, events=[note(f"{req.replica} already is a master", SOURCE)]
+        )
+    old = v.by_id(v.myself.master_id or "")
+    replaced = old.address if old is not None else None
+    started = time.monotonic()
+    how = "took over from"
+    if replaced is not None and _answers(conns[replaced]):
+        # The master is alive: a graceful failover pauses its clients until the replica
+        # has every write, so nothing acknowledged is lost.
+        r.execute_command("CLUSTER", "FAILOVER")
+        how = "replaced"
+        if not _until(lambda: view_of(r).myself.is_master, MANUAL_FAILOVER_S):
+            if not _in_sync(r, conns[replaced]):
+                raise retryable(f"{req.replica} is not in sync with {replaced} yet", SOURCE)
+            how = "took over from"
+    if not view_of(r).myself.is_master:
+        r.execute_command("CLUSTER", "FAILOVER", "TAKEOVER")
+    _wait(lambda: view_of(r).myself.is_master, req.timeout_s, f"{req.replica} to become master")
+    took = (time.monotonic() - started) * 1000
+    if replaced is not None:
+        # A live old master must let go of the slots before the next step relies on it.
+        _wait(lambda: _gave_up(conns, replaced), req.timeout_s, f"{replaced} to step down")
+    me = view_of(r).myself
+    wait_seen_owning(conns, req.replica, me.id, me.ranges, timeout_s=req.timeout_s)
+    return FailoverResult(
+        master=req.replica,
+        replaced=replaced,
+        events=[note(f"{req.replica} {how} {replaced} in {took:.0f} ms", SOURCE)],
+    )
+
+
+def _answers(r: redis.Redis) -> bool:
+    try:
+        return bool(r.ping())
+    except (redis.ConnectionError, redis.TimeoutError):
+        return False
+
+
+def replication(r: redis.Redis) -> dict[str, Any]:
+    return dict(r.info("replication"))
+
+
+def _in_sync(replica: redis.Redis, master: redis.Redis) -> bool:
+    mine, theirs = replication(replica), replication(master)
+    caught_up = int(mine.get("slave_repl_offset", -1)) >= int(theirs.get("master_repl_offset", 0))
+    return mine.get("master_link_status") == "up" and caught_up
+
+
+def _gave_up(conns: Conns, address: str) -> bool:
+    try:
+        me = view_of(conns[address]).myself
+    except (redis.ConnectionError, redis.TimeoutError):
+        return True  # down: it serves nothing
+    return not (me.is_master and me.ranges)
+
+
+def _until(done: Callable[[], bool], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        if time.monotonic() > deadline:
+            return False
+        _heartbeat()
+        time.sleep(0.01)
+    return True
+
+
+def _wait(done: Callable[[], bool], timeout_s: float, what: str) -> None:
+    if not _until(done, timeout_s):
+        raise retryable(f"waited {timeout_s:g} s for {what}", SOURCE)
+
+
+def remove_nodes(req: RemoveNodesInput, conns: Conns) -> RemoveNodesResult:
+    """Empty and reset the removed nodes, then make every kept node forget them."""
+    keep_views = {a: view_of(conns[a]) for a in req.keep}
+    ids: set[str] = set()
+    for v in keep_views.values():
+        ids |= {n.id for n in v.nodes if n.address in req.remove}
+    own: dict[str, View] = {}
+    unreachable = []
+    for a in req.remove:
+        try:
+            own[a] = view_of(conns[a])
+        except (redis.ConnectionError, redis.TimeoutError):
+            unreachable.append(a)
+    # Check everything before the first destructive step.
+    for a, v in own.items():
+        ids.add(v.myself.id)
+        if v.myself.is_master and v.myself.ranges and len(v.nodes) > 1:
+            raise fatal(f"{a} still owns slots {_label(v.myself.ranges)}: move them first", SOURCE)
+    for a, v in keep_views.items():
+        if v.myself.master_id in ids:
+            raise fatal(f"{a} replicates a node being removed; fail it over first", SOURCE)
+    reset = []
+    for a, v in own.items():
+        if len(v.nodes) == 1 and not v.myself.ranges:
+            continue  # reset already: it knows only itself
+        if v.myself.is_master:
+            conns[a].execute_command("FLUSHALL")
+        conns[a].execute_command("CLUSTER", "RESET", "HARD")
+        reset.append(a)
+    deadline = time.monotonic() + req.timeout_s
+    while True:
+        lingering = {}
+        for a in req.keep:
+            # By id, and by address too: a node in a handshake has a made-up id.
+            known = [n for n in view_of(conns[a]).nodes if n.id in ids or n.address in req.remove]
+            for n in known:
+                with contextlib.suppress(redis.ResponseError):  # forgotten meanwhile
+                    conns[a].execute_command("CLUSTER", "FORGET", n.id)
+            if known:
+                lingering[a] = len(known)
+        if not lingering:
+            break
+        if time.monotonic() > deadline:
+            raise retryable(f"nodes still known after {req.timeout_s:g} s: {lingering}", SOURCE)
+        _heartbeat()
+        time.sleep(POLL_S)
+    events = [
+        note(
+            f"removed {', '.join(req.remove)} from the cluster"
+            + (f" ({', '.join(unreachable)} did not answer)" if unreachable else ""),
+            SOURCE,
+        )
+    ]
+    return RemoveNodesResult(reset=reset, unreachable=unreachable, events=events)
+
+
+def ping_nodes(req: PingNodesInput) -> PingNodesResult:
+    def alive(address: str) -> bool:
+        r = node_client(address, req.timeout_s)
+        try:
+            return bool(r.ping())
+        except redis.RedisError:
+            return False
+        finally:
+            r.close()
+
+    if not req.addresses:
+        return PingNodesResult()
+    with ThreadPoolExecutor(max_workers=min(32, len(req.addresses))) as pool:
+        answers = list(pool.map(alive, req.addresses))
+    return PingNodesResult(
+        alive=[a for a, ok in zip(req.addresses, answers, strict=True) if ok],
+        dead=[a for a, ok in zip(req.addresses, answers, strict=True) if not ok],
+    )
+
+
+def _as_map(raw: Any) -> dict[str, Any]:
+    """A RESP3 map or a RESP2 flat list of pairs, with text keys."""
+    items = raw.items() if isinstance(raw, dict) else zip(raw[::2], raw[1::2], strict=True)
+    return {_text(k): v for k, v in items}
+
+
+def read_shards(req: ReadShardsInput, conns: Conns) -> ReadShardsResult:
+    last: Exception | None = None
+    for seed in req.seeds:
+        try:
+            raw = conns[seed].execute_command("CLUSTER", "SHARDS")
+        except (redis.ConnectionError, redis.TimeoutError) as e:
+            last = e
+            continue
+        shards = []
+        for item in raw:
+            m = _as_map(item)
+            flat = [int(x) for x in m["slots"]]
+            nodes = []
+            for n in m["nodes"]:
+                nm = _as_map(n)
+                role = Role.MASTER if _text(nm["role"]) == "master" else Role.REPLICA
+                nodes.append(
+                    ShardNode(
+                        id=_text(nm["id"]),
+                        address=f"{_text(nm['ip'])}:{int(nm['port'])}",
+                        role=role,
+                        health=_text(nm["health"]),
+                    )
+                )
+            ranges = list(zip(flat[::2], flat[1::2], strict=True))
+            shards.append(Shard(ranges=ranges, nodes=nodes))
+        return ReadShardsResult(read_from=seed, shards=shards)
+    raise retryable(f"no seed node answered CLUSTER SHARDS: {last}", SOURCE)
+
+
+# ---- the activities ---------------------------------------------------------------------
+
+
+class RedisClusterActivities:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    @activity.defn(name="form_redis_cluster")
+    def form_redis_cluster(self, req: FormClusterInput) -> FormClusterResult:
+        with connections() as conns:
+            return form_cluster(req, conns)
+
+    # Cancellation is checked between slot groups: a group is never left half done.
+    @activity.defn(name="migrate_redis_slots", no_thread_cancel_exception=True)
+    def migrate_redis_slots(self, req: MigrateSlotsInput) -> MigrateSlotsResult:
+        # MIGRATE blocks for up to its own timeout: the socket waits longer.
+        with connections(req.migrate_timeout_ms / 1000 + 5) as conns:
+            migration = SlotMigration(
+                req, conns, resume=_resume_point(), cancelled=activity.is_cancelled
+            )
+            return migration.run()
+
+    @activity.defn(name="failover_redis_node")
+    def failover_redis_node(self, req: FailoverInput) -> FailoverResult:
+        with connections() as conns:
+            return failover(req, conns)
+
+    @activity.defn(name="remove_redis_nodes")
+    def remove_redis_nodes(self, req: RemoveNodesInput) -> RemoveNodesResult:
+        with connections() as conns:
+            return remove_nodes(req, conns)
+
+    @activity.defn(name="ping_redis_nodes")
+    def ping_redis_nodes(self, req: PingNodesInput) -> PingNodesResult:
+        return ping_nodes(req)
+
+    @activity.defn(name="read_redis_shards")
+    def read_redis_shards(self, req: ReadShardsInput) -> ReadShardsResult:
+        with connections() as conns:
+            return read_shards(req, conns)
