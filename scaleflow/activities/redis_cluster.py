@@ -329,8 +329,13 @@ def _not_formed(
             if line is None or not line.settled or (other != a and not line.connected):
                 return f"{a} does not know {other} yet"
     for spec in req.nodes:
-        if spec.master is not None and views[spec.address].myself.master_id != ids[spec.master]:
-            return f"{spec.address} is not a replica of {spec.master} yet"
+        if spec.master is None:
+            continue
+        # Every node, not just the replica, must know: CLUSTER SHARDS and clients ask any.
+        for a, v in views.items():
+            line = v.by_id(ids[spec.address])
+            if line is None or line.master_id != ids[spec.master]:
+                return f"{a} does not see {spec.address} replicate {spec.master} yet"
     for spec in req.nodes:
         # A replica still loading its first sync is not a copy yet.
         if spec.master is None:
@@ -468,14 +473,14 @@ class SlotMigration:
             if n.is_master and n.settled and n.id not in (self.src_id, self.dst_id)
         ]
         self.handover_script = self.src.register_script(HANDOVER_LUA)
-        # The target's side of each hand-over: BLPOP on the signal, then SETSLOT NODE.
+        self.keys_script = self.src.register_script(KEYS_LUA)
+        # The target's side of each hand-over: BLPOP on the signal, then take the slot.
         self.waiter = redis.Connection(
             host=self.target_host,
             port=self.target_port,
             socket_timeout=self.req.migrate_timeout_ms / 1000 + 5,
             retry=Retry(NoBackoff(), 0),
         )
-        self.keys_script = self.src.register_script(KEYS_LUA)
         for s in (s for a, b in self.req.ranges for s in range(a, b + 1)):
             if sview.owner_of(s) not in (self.src_id, self.dst_id):
                 raise fatal(f"slot {s} is not owned by {self.req.source}", SOURCE)

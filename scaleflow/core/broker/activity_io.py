@@ -199,7 +199,8 @@ class MigrateSlotsProgress(BaseModel):
     slots_done: int = 0
     # The target owned no slot outside these ranges when the move began, so clients may
     # not know it and an ASK naming it would crash redis-py (#4015): each slot is handed
-    # over atomically by the source instead of going through an ASK window.
+    # over in one atomic step (no ASK, no MOVED back and forth) instead of going through a
+    # MIGRATING/IMPORTING window.
     handover: bool = False
 
 
