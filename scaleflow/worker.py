@@ -24,10 +24,13 @@ from scaleflow.activities.data_clear import DataClearActivities
 from scaleflow.activities.engines import EngineActivities
 from scaleflow.activities.migration import MigrationActivities
 from scaleflow.activities.nodes import NodeActivities
+from scaleflow.activities.redis_cluster import RedisClusterActivities
+from scaleflow.activities.redis_proxies import RedisProxyActivities
 from scaleflow.activities.stats import StatsActivities
 from scaleflow.core.settings import Settings
 from scaleflow.logs import setup_logging
 from scaleflow.temporal import connect
+from scaleflow.workflows.broker import BrokerOperationWorkflow, BrokerWorkflow
 from scaleflow.workflows.computes import ComputeRegistryWorkflow
 from scaleflow.workflows.data_clear import DataClearWorkflow
 from scaleflow.workflows.migration import SlotMigrationWorkflow
@@ -47,6 +50,8 @@ WORKFLOWS = [
     ComputeRegistryWorkflow,
     ServiceWorkflow,
     ServiceScaleWorkflow,
+    BrokerWorkflow,
+    BrokerOperationWorkflow,
 ]
 log = logging.getLogger(__name__)
 
@@ -56,6 +61,8 @@ def activities(settings: Settings) -> list[object]:
     engines = EngineActivities(settings)
     migration = MigrationActivities()
     clear = DataClearActivities(settings)
+    redis = RedisClusterActivities(settings)
+    proxies = RedisProxyActivities(settings)
     return [
         nodes.provision_node,
         nodes.terminate_node,
@@ -70,6 +77,15 @@ def activities(settings: Settings) -> list[object]:
         clear.empty_bucket,
         clear.truncate_tables,
         *ConnectorActivities().all(),
+        redis.form_redis_cluster,
+        redis.migrate_redis_slots,
+        redis.failover_redis_node,
+        redis.remove_redis_nodes,
+        redis.ping_redis_nodes,
+        redis.read_redis_shards,
+        proxies.provision_redis_proxy,
+        proxies.destroy_redis_proxy,
+        proxies.list_redis_proxies,
     ]
 
 

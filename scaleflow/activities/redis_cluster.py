@@ -886,10 +886,11 @@ def remove_nodes(req: RemoveNodesInput, conns: Conns) -> RemoveNodesResult:
             own[a] = view_of(conns[a])
         except (redis.ConnectionError, redis.TimeoutError):
             unreachable.append(a)
-    # Check everything before the first destructive step.
+    # Check everything before the first destructive step. Slots may only go with the
+    # whole cluster (nothing kept: a cluster delete); otherwise they must move first.
     for a, v in own.items():
         ids.add(v.myself.id)
-        if v.myself.is_master and v.myself.ranges and len(v.nodes) > 1:
+        if req.keep and v.myself.is_master and v.myself.ranges and len(v.nodes) > 1:
             raise fatal(f"{a} still owns slots {_label(v.myself.ranges)}: move them first", SOURCE)
     for a, v in keep_views.items():
         if v.myself.master_id in ids:
@@ -934,7 +935,7 @@ def ping_nodes(req: PingNodesInput) -> PingNodesResult:
         r = node_client(address, req.timeout_s)
         try:
             return bool(r.ping())
-        except redis.RedisError:
+        except Exception:
             return False
         finally:
             r.close()

@@ -12,7 +12,7 @@ from temporalio.client import Client
 
 from scaleflow.api import computes_file, errors, limits
 from scaleflow.api.events import EventStore
-from scaleflow.api.routes import chemtrail, dashboard, genisys, memcache, pools
+from scaleflow.api.routes import broker, chemtrail, dashboard, genisys, memcache, pools
 from scaleflow.core.settings import Settings
 from scaleflow.temporal import connect
 
@@ -26,6 +26,7 @@ ERROR_FORMATS: dict[str, errors.Formatter] = {
     "/api/scaler": memcache.memcache_error,
     "/api/manager": memcache.memcache_error,
     "/api/poolsize": memcache.memcache_error,
+    "/api/v2": broker.broker_error,
 }
 
 
@@ -66,5 +67,6 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
     app.include_router(pools.router)
     app.include_router(genisys.router)
     app.include_router(memcache.router)
+    app.include_router(broker.router)
     app.include_router(dashboard.router)
     return app

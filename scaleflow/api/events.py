@@ -21,6 +21,7 @@ OPERATION_TYPES = (
     "ScaleInWorkflow",
     "ConfigRolloutWorkflow",
     "DataClearWorkflow",
+    "BrokerOperationWorkflow",
     "ServiceScaleWorkflow",
 )
 SURFACE_SOURCE = "chemtrail"
