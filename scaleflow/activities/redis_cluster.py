@@ -935,7 +935,7 @@ def ping_nodes(req: PingNodesInput) -> PingNodesResult:
         r = node_client(address, req.timeout_s)
         try:
             return bool(r.ping())
-        except Exception:
+        except Exception:  # a node that cannot answer PING properly is down
             return False
         finally:
             r.close()
