@@ -19,6 +19,7 @@ from temporalio.worker import (
     Worker,
 )
 
+from scaleflow.activities.broker_replication import BrokerReplicationActivities
 from scaleflow.activities.connector import ConnectorActivities
 from scaleflow.activities.data_clear import DataClearActivities
 from scaleflow.activities.engines import EngineActivities
@@ -86,6 +87,7 @@ def activities(settings: Settings) -> list[object]:
         proxies.provision_redis_proxy,
         proxies.destroy_redis_proxy,
         proxies.list_redis_proxies,
+        BrokerReplicationActivities().replicate_broker_meta,
     ]
 
 

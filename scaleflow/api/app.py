@@ -55,6 +55,7 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
 
     app = FastAPI(title="scaleflow", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
+    app.state.broker_name = settings.broker_name
     app.state.requests = 0
 
     @app.middleware("http")

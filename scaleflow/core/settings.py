@@ -50,6 +50,11 @@ class Settings(BaseSettings):
 
     default_pool: bool = True
     default_pool_name: str = "default"
+    # The undermoon broker this API serves (a replica API instance names its own), and
+    # the free proxies `scaleflow dev` starts for it on 127.0.0.2.. (0 turns them off).
+    broker_name: str = Field(default="default", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    broker_free_proxies: int = Field(default=8, ge=0, le=256)
+    broker_proxy_hosts: int = Field(default=4, ge=1, le=253)
     log_level: str = "INFO"
 
     @property

@@ -11,7 +11,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, Field, computed_field, model_validator
 
-from scaleflow.core.broker.models import Cluster, ProxyResource, Range, Role
+from scaleflow.core.broker.models import BrokerMeta, Cluster, ProxyResource, Range, Role
 from scaleflow.core.broker.validation import valid_address
 from scaleflow.core.models import ActivityReport
 
@@ -300,3 +300,15 @@ class ReadShardsResult(BaseModel):
                     if n.role == Role.REPLICA:
                         out[n.address] = shard.master.address
         return out
+
+
+class ReplicateMetaInput(BaseModel):
+    """``PUT /api/v2/metadata`` of ``meta`` to each broker in ``addresses``."""
+
+    addresses: list[str]
+    meta: BrokerMeta
+
+
+class ReplicateMetaResult(BaseModel):
+    # address -> why its PUT failed; absent: the replica took it (or already had it).
+    failed: dict[str, str] = Field(default_factory=dict)

@@ -57,6 +57,8 @@ class FailureDetection:
             or self.retry_at
             or self.failover_after
             or self.state.held
+            # The clock also drives metadata replication.
+            or self.state.config.replica_addresses
         )
 
     def _arm_clock(self) -> None:

@@ -21,7 +21,8 @@ history-driven ones before request-driven ones, and time comes from the ping clo
 ticks rather than ``workflow.now()`` at request time.
 
 Modules: ``requests`` (updates, validators, what a handler waits for), ``detection`` (the
-clock, pings, failovers of failed proxies), ``planning`` (what each request does, pure),
+clock, pings, failovers of failed proxies), ``replication`` (metadata PUT to replica
+brokers), ``planning`` (what each request does, pure),
 ``operations`` (the child workflow that changes Redis).
 """
 
@@ -35,6 +36,7 @@ from temporalio import workflow
 
 from scaleflow.workflows.broker.detection import FailureDetection
 from scaleflow.workflows.broker.operations import BrokerOperationWorkflow
+from scaleflow.workflows.broker.replication import MetaReplication
 from scaleflow.workflows.broker.requests import (
     REPLIES_KEPT,
     OpState,
@@ -78,7 +80,7 @@ MIGRATING_KINDS = {OpKind.MIGRATE, OpKind.SCALE_OUT, OpKind.SCALE_DOWN}
 
 
 @workflow.defn
-class BrokerWorkflow(RequestHandlers, FailureDetection):
+class BrokerWorkflow(RequestHandlers, FailureDetection, MetaReplication):
     @workflow.init
     def __init__(self, init: BrokerInit) -> None:
         self.name = init.name
@@ -113,6 +115,10 @@ class BrokerWorkflow(RequestHandlers, FailureDetection):
         self.cancelled: set[str] = set()
         self.release_after = 0.0
         self.projection: tuple[BrokerState, set[str]] | None = None
+        self.replicate_interval = init.replicate_interval_s
+        self.replicating = False
+        self.replicated_at = 0.0
+        self.replica_failures: dict[str, str] = {}
 
     # ---- the main loop: the only place that changes state on history, and commands ---------
 
@@ -165,6 +171,7 @@ class BrokerWorkflow(RequestHandlers, FailureDetection):
         return (
             all(lane.idle() for lane in self.lanes.values())
             and not (self.requests or self.signals or self.readings or self.pinging or self.doomed)
+            and not self.replicating
             and self.ticks == self.ticks_seen
         )
 
@@ -177,6 +184,7 @@ class BrokerWorkflow(RequestHandlers, FailureDetection):
             meta=self.state.meta,
             config=self.state.config,
             ping_interval_s=self.interval,
+            replicate_interval_s=self.replicate_interval,
             ticks_per_run=self.ticks_per_run,
             local_proxies=self.state.local,
             held=self.state.held,
@@ -455,6 +463,7 @@ class BrokerWorkflow(RequestHandlers, FailureDetection):
         self._resume_stalled()
         self._release_orphans()
         self._ping()
+        self._replicate()
 
     # ---- queries -----------------------------------------------------------------------------
 
@@ -465,6 +474,11 @@ class BrokerWorkflow(RequestHandlers, FailureDetection):
     @workflow.query
     def broker_config(self) -> BrokerConfig:
         return self.state.config
+
+    @workflow.query
+    def replication(self) -> dict[str, str]:
+        """Replica address -> why the last round's PUT to it failed."""
+        return self.replica_failures
 
     @workflow.query
     def operations(self) -> list[OperationView]:

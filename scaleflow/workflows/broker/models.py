@@ -147,6 +147,8 @@ class BrokerInit(BaseModel):
     meta: BrokerMeta = Field(default_factory=BrokerMeta)
     config: BrokerConfig = Field(default_factory=BrokerConfig)
     ping_interval_s: float = Field(default=DEFAULT_PING_INTERVAL_S, gt=0)
+    # undermoon's sync_meta_interval: how often the metadata goes to replica_addresses.
+    replicate_interval_s: float = Field(default=10.0, gt=0)
     # Continue-as-new after this many clock ticks, if the server does not suggest it first.
     ticks_per_run: int = Field(default=1000, ge=1)
     # proxy address -> its local provider id: proxies this broker started itself.
