@@ -1,9 +1,10 @@
 """``scaleflow dev``: the whole embedded stack in one process tree.
 
 Ctrl-C or SIGTERM (to the process or its whole group) stops the API, the worker, the
-dev server and the local provider's memcached nodes. Node records stay in ``var/nodes``,
-and the next start brings each node back on its port, so pools keep their members
-across restarts (cache contents do not survive: memcached keeps nothing on disk).
+dev server, the local provider's memcached nodes and the broker's local redis proxies.
+Records stay in ``var/nodes`` and ``var/redis-proxies``, and the next start brings each
+node back on its port, so pools and clusters keep their members across restarts (cache
+contents do not survive: memcached and these redis-servers keep nothing on disk).
 """
 
 from __future__ import annotations
@@ -24,13 +25,17 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from scaleflow.activities.providers.local import LocalProvider
+from scaleflow.activities.redis_proxies import LocalProxies
 from scaleflow.api.app import create_app
+from scaleflow.api.routes.broker import Broker
 from scaleflow.api.temporal import upsert_pool
 from scaleflow.core.models import Engine, PoolConfig, PoolInit, ProviderName
 from scaleflow.core.settings import Settings
 from scaleflow.devserver import dev_server_args
 from scaleflow.temporal import connect
 from scaleflow.worker import build_worker
+from scaleflow.workflows.broker import BrokerWorkflow
+from scaleflow.workflows.broker.models import ProvisionProxiesRequest
 from scaleflow.workflows.pool import PoolWorkflow
 
 log = logging.getLogger(__name__)
@@ -53,6 +58,32 @@ async def ensure_default_pool(client: Client, settings: Settings) -> None:
     init = PoolInit(config=default_pool(settings))
     view = await upsert_pool(client, settings, init, PoolWorkflow.ensure)
     log.info("pool %s: %d nodes", view.name, len(view.nodes))
+
+
+def default_proxy_hosts(settings: Settings) -> dict[str, int]:
+    """Host -> how many of the default free proxies it runs: 127.0.0.2 onwards, spread
+    evenly, the first hosts taking one more when they do not divide."""
+    hosts = [f"127.0.0.{2 + i}" for i in range(settings.broker_proxy_hosts)]
+    each, extra = divmod(settings.broker_free_proxies, len(hosts))
+    return {h: each + (i < extra) for i, h in enumerate(hosts) if each + (i < extra)}
+
+
+async def ensure_default_proxies(client: Client, settings: Settings) -> None:
+    """Start and register the broker's default free proxies that are missing, host by host;
+    proxies already registered on a host (free or in a cluster) count."""
+    broker = Broker(client=client, settings=settings, name=settings.broker_name)
+    meta = await broker.meta()
+    have: dict[str, int] = {}
+    for proxy in meta.all_proxies.values():
+        have[proxy.host] = have.get(proxy.host, 0) + 1
+    missing: dict[int, list[str]] = {}
+    for host, want in default_proxy_hosts(settings).items():
+        if want > have.get(host, 0):
+            missing.setdefault(want - have.get(host, 0), []).append(host)
+    for per_host, hosts in sorted(missing.items()):
+        req = ProvisionProxiesRequest(hosts=hosts, per_host=per_host)
+        reply = await broker.update(BrokerWorkflow.provision_proxies, req)
+        log.info("broker %s: started free proxies %s", broker.name, ", ".join(reply.proxies))
 
 
 def stop_process(proc: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
@@ -166,6 +197,7 @@ async def _run_dev(settings: Settings) -> None:
     shutdown = Shutdown()
     shutdown.install()
     local = LocalProvider(settings)
+    proxies = LocalProxies(settings)
     server: subprocess.Popen[bytes] | None = None
     worker: Worker | None = None
     stopped_worker = True
@@ -175,6 +207,9 @@ async def _run_dev(settings: Settings) -> None:
         revived = local.revive_all()
         if revived:
             log.info("restarted %d recorded memcached nodes", len(revived))
+        revived = proxies.revive_all()
+        if revived:
+            log.info("restarted %d recorded redis proxies", len(revived))
         server = start_own_dev_server(settings)
         client = await connect(settings, attempts=240, delay_s=0.25)
         log.info(
@@ -195,6 +230,8 @@ async def _run_dev(settings: Settings) -> None:
         worker = starting
         if settings.default_pool:
             await ensure_default_pool(client, settings)
+        if settings.broker_free_proxies:
+            await ensure_default_proxies(client, settings)
         log.info("API at http://%s:%d", settings.api_host, settings.api_port)
         shutdown.api = api
         if not shutdown.requested:
@@ -210,6 +247,8 @@ async def _run_dev(settings: Settings) -> None:
             stopped_worker = await stop_worker(worker, server)
         stopped = local.stop_all()
         log.info("stopped %d memcached nodes (records kept in %s)", len(stopped), local.dir)
+        stopped = proxies.stop_all()
+        log.info("stopped %d redis-server processes of local proxies", len(stopped))
         if server is not None:
             stop_process(server)
         shutdown.uninstall()

@@ -262,6 +262,29 @@ class LocalProxies:
     def list(self) -> ListProxiesResult:
         return ListProxiesResult(proxies=[r.info(self.running_pids(r)) for r in self.records()])
 
+    # ---- the dev stack's start and stop --------------------------------------
+
+    def stop_all(self) -> list[str]:
+        """Stop every recorded proxy's processes but keep the records for ``revive_all``."""
+        stopped = []
+        with self._locked():
+            for rec in self.records():
+                for i, pid in enumerate(self.running_pids(rec)):
+                    if pid is not None:
+                        processes.stop(pid)
+                        stopped.append(rec.address(i))
+        return stopped
+
+    def revive_all(self) -> list[str]:
+        """Start again the recorded proxies whose processes are gone. Their cluster config
+        files bring them back into their clusters, empty: Redis here keeps no data."""
+        revived = []
+        for rec in self.records():
+            if None in self.running_pids(rec):
+                self.provision(ProvisionProxyInput(proxy_id=rec.proxy_id, host=rec.host))
+                revived.append(rec.proxy_id)
+        return revived
+
 
 class RedisProxyActivities:
     """The local proxy provider as activities."""
