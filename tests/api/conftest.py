@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -9,7 +11,18 @@ from pathlib import Path
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
-from tests.e2e.stack import Stack, stack, stack_settings
+from tests.e2e.stack import ROOT, Stack, stack, stack_settings
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's chromium; the project's system set-up installs it when missing."""
+    if shutil.which("chromium") is None:
+        script = str(ROOT / "scripts" / "install-system-deps.sh")
+        subprocess.run([script, "--with-browser"], check=True, timeout=1800)
+    found = shutil.which("chromium")
+    assert found, "scripts/install-system-deps.sh did not install chromium"
+    return found
 
 
 @pytest.fixture

@@ -5,9 +5,7 @@ API returns, and the screenshot is a real picture."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 import struct
-import subprocess
 import time
 import uuid
 import zlib
@@ -15,10 +13,9 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
-import pytest
 from pymemcache.client.base import Client as Memcache
 
-from tests.e2e.stack import ROOT, Stack
+from tests.e2e.stack import Stack
 
 SERIES = (
     "miss_rate",
@@ -30,17 +27,6 @@ SERIES = (
 # The page plots each chart between y = 10 (its maximum) and y = 144 (zero).
 BASELINE = 144.0
 TOP = 10.0
-
-
-@pytest.fixture(scope="session")
-def chromium() -> str:
-    """Debian's chromium; the project's system set-up installs it when missing."""
-    if shutil.which("chromium") is None:
-        script = str(ROOT / "scripts" / "install-system-deps.sh")
-        subprocess.run([script, "--with-browser"], check=True, timeout=1800)
-    found = shutil.which("chromium")
-    assert found, "scripts/install-system-deps.sh did not install chromium"
-    return found
 
 
 async def run_chromium(chromium: str, tmp: Path, url: str, *mode: str) -> str:

@@ -1,8 +1,9 @@
 """The dashboard: one self-contained page (inline CSS, JS and SVG; nothing from a CDN).
 
-It reads ``/api/manager/aggregate_stats``, ``/v1/pools/<pool>`` and
-``/v1/scale/status?pool=<pool>`` and draws the five 30-minute charts, the nodes and
-the recent operations with their events; it refreshes every 10 s.
+It reads ``/api/manager/aggregate_stats``, ``/v1/pools/<pool>``,
+``/v1/scale/status?pool=<pool>`` and the broker's ``/api/v2/metadata``, and draws the
+five 30-minute charts, the nodes, the recent operations with their events, and each broker
+cluster's nodes, slot ranges and migrations under way; it refreshes every 10 s.
 """
 
 from __future__ import annotations
@@ -48,6 +49,10 @@ PAGE = r"""<!doctype html>
   .op ul { margin: 4px 0 0; padding-left: 18px; font-size: 12px; }
   .st-success { color: #067647; } .st-failed { color: #b42318; } .st-cancelled { color: #93370d; }
   .st-started, .st-in-progress { color: #175cd3; }
+  .cluster { background: #fff; border: 1px solid #dde1e8; border-radius: 6px;
+             margin: 0 0 8px; padding: 6px 10px; }
+  .cluster h3 { font-size: 13px; margin: 0 0 4px; }
+  .moving { color: #175cd3; }
 </style>
 </head>
 <body>
@@ -61,6 +66,9 @@ PAGE = r"""<!doctype html>
 <tbody></tbody></table>
 <h2>Recent operations</h2>
 <div id="ops"></div>
+<h2>Broker clusters</h2>
+<div id="broker"></div>
+<div id="clusters"></div>
 <script>
 "use strict";
 const POOL = __POOL__;
@@ -130,7 +138,9 @@ async function getJSON(path) {
   const resp = await fetch(path, {cache: "no-store"});
   const body = await resp.json();
   if (!resp.ok) {
-    const msg = (body.error && body.error.message) || body.Error || resp.statusText;
+    const err = body.error;
+    const msg = (typeof err === "string" ? err : err && err.message) || body.Error ||
+                resp.statusText;
     throw new Error(`${path}: ${resp.status} ${msg}`);
   }
   return body;
@@ -178,6 +188,65 @@ function drawOps(docs) {
   }));
 }
 
+function rangesText(list) {
+  return list.map(([a, b]) => a === b ? String(a) : `${a}-${b}`).join(", ");
+}
+
+function slotsText(slot) {
+  const r = rangesText(slot.range_list);
+  if (slot.tag === "None") return r;
+  if (slot.tag.Migrating) return `${r} migrating to ${slot.tag.Migrating.dst_node_address}`;
+  return `${r} importing from ${slot.tag.Importing.src_node_address}`;
+}
+
+function drawCluster(c) {
+  const div = el("div", {class: "cluster", "data-cluster": c.name});
+  const moves = c.nodes.flatMap(n => n.slots.filter(s => s.tag !== "None" && s.tag.Migrating));
+  div.appendChild(el("h3", {}, `${c.name}: ${c.nodes.length} nodes, epoch ${c.epoch}, ` +
+                               `${moves.length} migration(s) under way`));
+  const table = el("table");
+  const head = el("tr");
+  for (const h of ["node", "proxy", "role", "slots"]) head.appendChild(el("th", {}, h));
+  table.appendChild(head);
+  for (const n of c.nodes) {
+    const tr = el("tr", {"data-node-address": n.address});
+    tr.appendChild(el("td", {}, n.address));
+    tr.appendChild(el("td", {}, n.proxy_address));
+    tr.appendChild(el("td", {}, n.repl.role));
+    const td = el("td", {"data-slots": ""});
+    n.slots.forEach((s, i) => {
+      if (i) td.appendChild(document.createTextNode("; "));
+      td.appendChild(el("span", {class: s.tag === "None" ? "" : "moving"}, slotsText(s)));
+    });
+    tr.appendChild(td);
+    table.appendChild(tr);
+  }
+  div.appendChild(table);
+  if (moves.length) {
+    const ul = el("ul");
+    for (const s of moves) {
+      const m = s.tag.Migrating;
+      ul.appendChild(el("li", {"data-migration": m.src_node_address},
+                        `${rangesText(s.range_list)}: ${m.src_node_address} -> ` +
+                        `${m.dst_node_address}`));
+    }
+    div.appendChild(ul);
+  }
+  return div;
+}
+
+function drawBroker(meta) {
+  const proxies = Object.values(meta.all_proxies);
+  const free = proxies.filter(p => p.cluster === null).length;
+  document.getElementById("broker").textContent =
+    `epoch ${meta.global_epoch}; ${proxies.length} proxies, ${free} free; ` +
+    `failed: ${meta.failed_proxies.join(", ") || "none"}`;
+  const names = Object.keys(meta.clusters).sort();
+  const box = document.getElementById("clusters");
+  box.replaceChildren(...(names.length ? names.map(n => drawCluster(meta.clusters[n]))
+                                       : [el("p", {}, "No clusters.")]));
+}
+
 async function refresh() {
   const status = document.getElementById("status");
   const problems = [];
@@ -186,6 +255,7 @@ async function refresh() {
     getJSON("/api/manager/aggregate_stats").then(b => drawCharts(b.content)),
     getJSON("/v1/pools/" + q).then(drawNodes),
     getJSON("/v1/scale/status?pool=" + q).then(drawOps),
+    getJSON("/api/v2/metadata").then(drawBroker),
   ];
   for (const r of await Promise.allSettled(parts)) {
     if (r.status === "rejected") problems.push(r.reason.message);
