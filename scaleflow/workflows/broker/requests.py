@@ -203,7 +203,9 @@ class RequestHandlers:
         if pending.wait == "done" and op is not None:
             result: BrokerOpResult = op.entry.result
             pending.reply.proxies = [p.proxy_address for p in result.provisioned]
-        pending.reply.epoch = self.state.meta.global_epoch
+        if op is not None and pending.wait != "decided":
+            # What the operation committed meanwhile counts: the epoch now.
+            pending.reply.epoch = self.state.meta.global_epoch
         return pending.reply
 
     # ---- the updates -------------------------------------------------------------------------
