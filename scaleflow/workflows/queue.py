@@ -1,6 +1,7 @@
 """The machinery every entity workflow (pool, genisys service, broker) shares: requests
 accepted as Updates, queued in order, deduplicated by request id, started as child
-workflows and run one at a time.
+workflows and run one at a time (or, where the entity allows it, ``parallel`` entries
+side by side: they cannot conflict).
 
 The rule that keeps an entity deterministic under bursts (docs/design-notes.md,
 "Burst-safe entities"): update and signal handlers never issue commands and never
@@ -68,6 +69,8 @@ class Entry:
     handle: workflow.ChildWorkflowHandle[Any, Any] | None = None
     # Started with its turn (the entity was idle): it needs no go signal.
     given: bool = False
+    # May run beside the parallel entries ahead of it (if the queue allows parallel runs).
+    parallel: bool = False
     start_error: str | None = None
     done: bool = False
     ok: bool = False
@@ -77,11 +80,21 @@ class Entry:
 
 @dataclass
 class OperationQueue:
-    """Accepted operations in order; the head is the one running (or about to)."""
+    """Accepted operations in order; the head is the one running (or about to). With
+    ``allow_parallel``, a run of ``parallel`` entries at the head runs side by side; an
+    entry that is not parallel waits until everything ahead of it has closed, and none
+    behind it overtakes it."""
 
     requests: dict[str, str] = field(default_factory=dict)
     entries: list[Entry] = field(default_factory=list)
-    running: Entry | None = None
+    # Entries whose turn has come (the first ones of ``entries``).
+    runners: list[Entry] = field(default_factory=list)
+    # Set by the entity's main loop (behind a workflow.patched): off, one at a time.
+    allow_parallel: bool = False
+
+    @property
+    def running(self) -> Entry | None:
+        return self.runners[0] if self.runners else None
 
     # ---- for handlers: no commands, no randomness ------------------------------
 
@@ -117,14 +130,32 @@ class OperationQueue:
     def running_id(self) -> str | None:
         return self.running.op_id if self.running else None
 
+    def is_running(self, entry: Entry) -> bool:
+        return any(r is entry for r in self.runners)
+
     def idle(self) -> bool:
         return not self.entries
 
     def has_work(self) -> bool:
         """Something for :meth:`reap`, :meth:`dispatch` or :meth:`start_new` to do."""
-        if self.running is not None:
-            return self.running.done or self._unstarted() is not None
-        return bool(self.entries)
+        if any(e.done for e in self.runners) or self._unstarted() is not None:
+            return True
+        return any(e.handle is not None for e in self._turns())
+
+    def _turns(self) -> list[Entry]:
+        """Entries whose turn has come and that are not running yet, in order."""
+        turns: list[Entry] = []
+        for i, entry in enumerate(self.entries):
+            if self.is_running(entry):
+                continue
+            if i > 0 and not (
+                self.allow_parallel and entry.parallel and all(e.parallel for e in self.entries[:i])
+            ):
+                break
+            turns.append(entry)
+            if not (self.allow_parallel and entry.parallel):
+                break
+        return turns
 
     def kept_requests(self) -> dict[str, str]:
         """The most recent request ids, carried over by continue-as-new."""
@@ -136,20 +167,22 @@ class OperationQueue:
     # ---- for the main loop only ----------------------------------------------
 
     def reap(self) -> list[Entry]:
-        """The running entry, once its child has closed; the next may then run."""
-        closed = []
-        if self.running is not None and self.running.done:
-            closed.append(self.running)
-            self.entries.remove(self.running)
-            self.running = None
+        """Running entries whose child has closed, in order; the next may then run."""
+        closed = [e for e in self.runners if e.done]
+        for entry in closed:
+            self.runners = [e for e in self.runners if e is not entry]
+            self.entries = [e for e in self.entries if e is not entry]
         return closed
 
     async def dispatch(self, go: Callable[[Entry], Awaitable[None]]) -> None:
-        """Give the turn to the head if it was started while another ran."""
-        if self.running is not None or not self.entries or self.entries[0].handle is None:
-            return
-        head = self.entries[0]
-        self._run(head)
+        """Give the turn to the entries started while others ran, whose turn has come."""
+        heads = [e for e in self._turns() if e.handle is not None]
+        for head in heads:
+            self._run(head)
+        await asyncio.gather(*(self._go(go, head) for head in heads))
+
+    @staticmethod
+    async def _go(go: Callable[[Entry], Awaitable[None]], head: Entry) -> None:
         # A child closed while queued (cancelled) cannot take the signal; its watcher
         # reaps it on the next step.
         try:
@@ -164,7 +197,8 @@ class OperationQueue:
         workflow task for the lot); the first finds the entity idle is ``given`` its turn
         with its start (``start(entry, given)`` passes the snapshot)."""
         while new := [e for e in self.entries if e.handle is None]:
-            given = [self.running is None and e is self.entries[0] for e in new]
+            turns = self._turns()
+            given = [any(t is e for t in turns) for e in new]
             results = await asyncio.gather(
                 *(start(e, g) for e, g in zip(new, given, strict=True)), return_exceptions=True
             )
@@ -180,7 +214,7 @@ class OperationQueue:
                     self._run(entry)
 
     def _run(self, entry: Entry) -> None:
-        self.running = entry
+        self.runners.append(entry)
         asyncio.create_task(self._watch(entry))  # noqa: RUF006 (the entry holds the outcome)
 
     async def _watch(self, entry: Entry) -> None:

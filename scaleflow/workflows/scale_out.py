@@ -26,6 +26,11 @@ with workflow.unsafe.imports_passed_through():
 # workflow.patched id: a compensated first scale-out (no members before it) clears the map
 # it gave the new nodes, instead of leaving every slot to a node that it terminated.
 CLEARS_FIRST_MAP = "scale-out-clears-first-map"
+# workflow.patched id: no-op nodes are made by a local activity, and the nodes of an
+# unslotted pool reach it in the operation's result rather than one signal each.
+LEAN_UNSLOTTED = "scale-out-lean-unslotted"
+# Providers that make a node in milliseconds, idempotently on its id.
+QUICK_PROVIDERS = frozenset({ProviderName.LOCAL, ProviderName.NOOP})
 
 
 @workflow.defn
@@ -45,9 +50,13 @@ class ScaleOutWorkflow(OperationBase):
                 req = ProvisionInput(
                     pool=inp.pool, node_id=node_id, config=inp.config, known_refs=known
                 )
-                if inp.config.provider == ProviderName.LOCAL:
-                    # Starting a local process takes milliseconds and is idempotent on
-                    # the node id: a local activity saves a task-queue round trip.
+                if inp.config.provider == ProviderName.LOCAL or (
+                    inp.config.provider in QUICK_PROVIDERS
+                    and inp.config.engine != Engine.MEMCACHED
+                    and workflow.patched(LEAN_UNSLOTTED)
+                ):
+                    # Starting a local process (or nothing) takes milliseconds and is
+                    # idempotent on the node id: a local activity saves a round trip.
                     made = await workflow.execute_local_activity(
                         "provision_node", req, result_type=ProvisionResult, **options.local()
                     )
@@ -72,8 +81,10 @@ class ScaleOutWorkflow(OperationBase):
                 ready.append(node)
             slotted = inp.config.engine == Engine.MEMCACHED
             joined = self.joined_map([*members, *ready]) if slotted else None
-            for i, node in enumerate(ready):
-                await self.report(inp.op_id, node, joined if i == len(ready) - 1 else None)
+            # An unslotted pool takes the nodes from the result: nothing waits on them.
+            if slotted or not workflow.patched(LEAN_UNSLOTTED):
+                for i, node in enumerate(ready):
+                    await self.report(inp.op_id, node, joined if i == len(ready) - 1 else None)
             if slotted:
                 await self.rebalance(inp, [*members, *ready], purge=True)
             return OperationResult(added=ready)
