@@ -355,15 +355,25 @@ async def pools_round(
     # Then the pools' own word: every one shows its nodes and an empty queue.
     pending = set(names)
     deadline = time.monotonic() + DONE_TIMEOUT_S
+    seen: dict[str, dict] = {}
     while pending:
         if time.monotonic() > deadline:
-            raise RuntimeError(f"{len(pending)} pools not done after {DONE_TIMEOUT_S:g} s")
+            stuck = {
+                n: {
+                    "answers": Counter(c for m, c, _ in answers if m == n),
+                    "nodes": len(seen.get(n, {}).get("nodes", [])),
+                    "queue": seen.get(n, {}).get("queue"),
+                    "running": seen.get(n, {}).get("running"),
+                }
+                for n in sorted(pending)
+            }
+            raise RuntimeError(f"{len(pending)} pools not done after {DONE_TIMEOUT_S:g} s: {stuck}")
         order = sorted(pending)
         views = await asyncio.gather(*(st.http.get(f"/v1/pools/{n}") for n in order))
         for name, resp in zip(order, views, strict=True):
             if resp.status_code != 200:
                 continue  # a query refused for load (503): asked again at the next poll
-            view = resp.json()
+            view = seen[name] = resp.json()
             if len(view["nodes"]) == accepted[name] and not view["queue"]:
                 pending.discard(name)
         if pending:

@@ -8,10 +8,17 @@ Temporal refused or aborted can be sent again as the same update.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request
-from temporalio.client import Client, WithStartWorkflowOperation, WorkflowUpdateFailedError
+from temporalio.client import (
+    Client,
+    WithStartWorkflowOperation,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+)
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError
 
@@ -36,6 +43,8 @@ def get_events(request: Request) -> EventStore:
 ClientDep = Annotated[Client, Depends(get_client)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 EventsDep = Annotated[EventStore, Depends(get_events)]
+# How long an aborted update's result is waited for before the request is answered busy.
+OUTCOME_TIMEOUT = timedelta(seconds=10)
 RequestId = Annotated[str | None, Header(alias="X-Request-ID", max_length=200)]
 
 
@@ -66,6 +75,15 @@ def _args(arg: Any) -> list[Any]:
     return [] if arg is None else [arg]
 
 
+def outcome_of(handle: WorkflowHandle[Any, Any], uid: str) -> Callable[[], Awaitable[Any]]:
+    """The result of update ``uid`` if the workflow took it (NOT_FOUND if it did not)."""
+
+    async def outcome() -> Any:
+        return await handle.get_update_handle(uid).result(rpc_timeout=OUTCOME_TIMEOUT)
+
+    return outcome
+
+
 async def execute_update(client: Client, workflow_id: str, update: Any, arg: Any = None) -> Any:
     """Run an update on a running workflow; a rejected update raises ``ScaleflowError``.
 
@@ -77,7 +95,7 @@ async def execute_update(client: Client, workflow_id: str, update: Any, arg: Any
         return await handle.execute_update(update, args=_args(arg), id=uid)
 
     try:
-        return await limiter_for(client).run(workflow_id, attempt)
+        return await limiter_for(client).run(workflow_id, attempt, outcome_of(handle, uid))
     except WorkflowUpdateFailedError as exc:
         raise update_error(exc) from exc
 
@@ -109,7 +127,8 @@ async def update_with_start(
             update, args=_args(arg), start_workflow_operation=op, id=uid
         )
 
+    handle = client.get_workflow_handle(workflow_id)
     try:
-        return await limiter_for(client).run(workflow_id, attempt)
+        return await limiter_for(client).run(workflow_id, attempt, outcome_of(handle, uid))
     except WorkflowUpdateFailedError as exc:
         raise update_error(exc) from exc

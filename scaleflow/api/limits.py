@@ -10,6 +10,7 @@ aborts; a request that cannot get through in time is told to come back (429).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -112,11 +113,23 @@ class UpdateLimiter:
             if gate.users == 0:
                 del self._gates[workflow_id]
 
-    async def run(self, workflow_id: str, attempt: Callable[[], Awaitable[T]]) -> T:
+    async def run(
+        self,
+        workflow_id: str,
+        attempt: Callable[[], Awaitable[T]],
+        outcome: Callable[[], Awaitable[T]] | None = None,
+    ) -> T:
         """``attempt()`` in a turn of ``workflow_id``, retried while Temporal refuses it
-        for load. ``attempt`` must be safe to repeat (a stable update id)."""
+        for load. ``attempt`` must be safe to repeat (a stable update id); ``outcome``
+        reads that update's result (see :func:`retried`)."""
         async with self.slot(workflow_id):
-            return await retried(workflow_id, attempt, self.retry_delays_s, self.retry_after_s)
+            return await retried(
+                workflow_id, attempt, self.retry_delays_s, self.retry_after_s, outcome
+            )
+
+
+def is_abort(exc: RPCError) -> bool:
+    return exc.status == RPCStatusCode.UNAVAILABLE and "update was aborted" in exc.message.lower()
 
 
 async def retried(
@@ -124,9 +137,14 @@ async def retried(
     attempt: Callable[[], Awaitable[T]],
     delays_s: tuple[float, ...] = RETRY_DELAYS_S,
     retry_after_s: int = DEFAULT_RETRY_AFTER_S,
+    outcome: Callable[[], Awaitable[T]] | None = None,
 ) -> T:
     """``attempt()`` retried while Temporal refuses it for load (queries too: a burst
-    fills a workflow's query buffer), then :class:`UpdateBusyError` (a 429)."""
+    fills a workflow's query buffer), then :class:`UpdateBusyError` (a 429).
+
+    An aborted update may still have been accepted (the abort can come after the
+    workflow took it): before a 429, ``outcome()`` asks for the update by its id, and
+    only an update Temporal does not know is answered busy."""
     for delay in (*delays_s, None):
         try:
             return await attempt()
@@ -134,6 +152,9 @@ async def retried(
             if not is_transient_refusal(exc):
                 raise
             if delay is None:
+                if outcome is not None and is_abort(exc):
+                    with contextlib.suppress(RPCError):
+                        return await outcome()
                 raise UpdateBusyError(
                     f"Temporal is busy with {workflow_id} ({exc.message}); retry later",
                     retry_after_s,

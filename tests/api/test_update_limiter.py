@@ -167,6 +167,41 @@ async def test_a_refusal_that_lasts_becomes_busy(refusal: RPCError) -> None:
     assert caught.value.__cause__ is refusal
 
 
+async def test_an_abort_that_lasts_asks_whether_the_update_was_taken() -> None:
+    limiter = UpdateLimiter(retry_delays_s=FAST)
+
+    async def attempt() -> str:
+        raise ABORTED
+
+    async def taken() -> str:
+        return "its result"
+
+    async def unknown() -> str:
+        raise rpc(RPCStatusCode.NOT_FOUND, "update not found")
+
+    # Taken after all: its result, not a 429 that would have the client send it again.
+    assert await limiter.run("pool/a", attempt, taken) == "its result"
+    with pytest.raises(UpdateBusyError):
+        await limiter.run("pool/a", attempt, unknown)
+
+
+async def test_a_refusal_for_load_is_not_looked_up() -> None:
+    limiter = UpdateLimiter(retry_delays_s=FAST)
+    asked = 0
+
+    async def attempt() -> str:
+        raise EXHAUSTED
+
+    async def outcome() -> str:
+        nonlocal asked
+        asked += 1
+        return "never sent"
+
+    with pytest.raises(UpdateBusyError):
+        await limiter.run("pool/a", attempt, outcome)
+    assert asked == 0
+
+
 @pytest.mark.parametrize(
     "error",
     [rpc(RPCStatusCode.UNAVAILABLE, "connection refused"), rpc(RPCStatusCode.NOT_FOUND, "gone")],
