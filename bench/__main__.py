@@ -21,6 +21,7 @@ BENCHMARKS = [
     "resize_load",
     "autoscaler_day",
     "throughput",
+    "broker_migration",
 ]
 # The latency targets: (label, measured series, baseline series, target ms).
 TARGETS = [

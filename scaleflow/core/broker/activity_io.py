@@ -168,9 +168,16 @@ class MigrateSlotsInput(BaseModel):
     # Slots that share one MIGRATING window: small, so a same-slot MSET is never held
     # off (TRYAGAIN) for long.
     slots_per_group: int = Field(default=8, ge=1, le=1024)
-    keys_per_batch: int = Field(default=100, ge=1, le=10_000)
-    # MIGRATE commands sent before reading their replies.
+    # Keys per MIGRATE; at most what Lua's unpack() takes (the source runs the MIGRATEs).
+    keys_per_batch: int = Field(default=100, ge=1, le=5_000)
+    # MIGRATE commands per slot and round, run by the source in one script call.
     pipeline_depth: int = Field(default=8, ge=1, le=256)
+    # Pacing: while the source serves clients, each round that kept it busy moving keys
+    # for t is followed by a pause of t * pace_ratio, so the clients get the node (and
+    # the cores) back. 0: never pause. Without client traffic nothing pauses.
+    pace_ratio: float = Field(default=3.0, ge=0, le=100)
+    # How often the source's client traffic is looked at (INFO commandstats).
+    pace_check_s: float = Field(default=0.5, gt=0)
     # MIGRATE's timeout: the longest the link to the target may stay idle.
     migrate_timeout_ms: int = Field(default=10_000, ge=100)
     # A slot with at most this many keys moves in one atomic step when the target may
