@@ -140,14 +140,11 @@ class Api:
 
 
 @pytest.fixture
-async def api(
-    dev_env: WorkflowEnvironment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[Api]:
+async def api(dev_env: WorkflowEnvironment, tmp_path: Path) -> AsyncIterator[Api]:
     """A stack whose broker is the test's own (a unique name)."""
     name = f"t{uuid.uuid4().hex[:8]}"
-    monkeypatch.setattr(broker_routes, "DEFAULT_BROKER", name)
     nodes = Nodes()
-    settings = stack_settings(tmp_path, dev_env.client)
+    settings = stack_settings(tmp_path, dev_env.client, broker_name=name)
     try:
         async with stack(settings, dev_env.client) as st:
             try:
