@@ -56,7 +56,7 @@ def update_error(exc: WorkflowUpdateFailedError) -> ScaleflowError:
             kind = ErrorKind(cause.type)
         except ValueError:
             kind = ErrorKind.INVALID
-        return ScaleflowError(kind, cause.message)
+        return ScaleflowError(kind, cause.message, code=cause.type, details=cause.details)
     return ScaleflowError(ErrorKind.INVALID, str(cause or exc))
 
 

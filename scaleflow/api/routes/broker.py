@@ -38,8 +38,8 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
-from temporalio.client import Client, WorkflowUpdateFailedError
-from temporalio.exceptions import ApplicationError
+from starlette.convertors import PathConvertor, register_url_convertor
+from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
 from scaleflow.api.deps import (
@@ -50,7 +50,12 @@ from scaleflow.api.deps import (
     update_with_start,
 )
 from scaleflow.api.errors import STATUS_BY_KIND
-from scaleflow.api.limits import UpdateBusyError, retried
+from scaleflow.api.limits import (
+    DEFAULT_RETRY_AFTER_S,
+    UpdateBusyError,
+    is_transient_refusal,
+    retried,
+)
 from scaleflow.api.schemas.broker import (
     CODE_BY_STATUS,
     INVALID_REQUEST,
@@ -123,6 +128,7 @@ MAX_ADDRESS_LEN = 300
 MAX_REPORTER_LEN = 200
 U64_MAX = 2**64 - 1
 CODE_RE = re.compile(r"[A-Z][A-Z0-9_]*")
+EPOCH_RE = re.compile(r"[+-]?[0-9]{1,20}")
 B = TypeVar("B", bound=BaseModel)
 C = BrokerErrorCode
 
@@ -135,6 +141,17 @@ def broker_error(status: int, message: str) -> dict[str, Any]:
         return {"error": message}
     code = CODE_BY_STATUS.get(status) or (UNAVAILABLE if status >= 500 else INVALID_REQUEST)
     return {"error": code, "message": message}
+
+
+class WholeConvertor(PathConvertor):
+    """``path``, newlines included. Starlette's ``.*`` stops at a newline and its ``$``
+    matches before a trailing one, so ``/clusters/meta/c1%0A`` was cluster ``c1``: a name
+    must reach its check whole."""
+
+    regex = "(?s:.*)"
+
+
+register_url_convertor("whole", WholeConvertor())
 
 
 class ApiError(Exception):
@@ -164,21 +181,17 @@ def broker_response(err: BrokerError) -> JSONResponse:
 
 
 def entity_error(exc: ScaleflowError) -> BrokerError | ApiError:
-    """An update the entity refused: its ``ApplicationError`` type is the seed's code."""
-    failed = exc.__cause__
-    cause = failed.cause if isinstance(failed, WorkflowUpdateFailedError) else None
-    if isinstance(cause, ApplicationError) and cause.type:
-        try:
-            code = BrokerErrorCode(cause.type)
-        except ValueError:
-            pass
-        else:
-            key = value = None
-            detail = cause.details[0] if cause.details else None
-            if code is C.INVALID_CONFIG and isinstance(detail, dict):
-                key, value = str(detail.get("key", "")), str(detail.get("value", ""))
-            return BrokerError(code, cause.message, key=key, value=value)
-    return ApiError(exc.message, status=STATUS_BY_KIND.get(exc.kind, 400))
+    """An update the entity refused: its ``ApplicationError`` type (``exc.code``) is the
+    seed's code."""
+    try:
+        code = BrokerErrorCode(exc.code or "")
+    except ValueError:
+        return ApiError(exc.message, status=STATUS_BY_KIND.get(exc.kind, 400))
+    key = value = None
+    detail = exc.details[0] if exc.details else None
+    if code is C.INVALID_CONFIG and isinstance(detail, dict):
+        key, value = str(detail.get("key", "")), str(detail.get("value", ""))
+    return BrokerError(code, exc.message, key=key, value=value)
 
 
 class BrokerRoute(APIRoute):
@@ -202,10 +215,21 @@ class BrokerRoute(APIRoute):
             except UpdateBusyError as err:
                 # The seed's answer to a change that has to be sent again.
                 log.warning("broker change turned away: %s", err.message)
-                headers = {"Retry-After": str(err.retry_after_s)}
-                return JSONResponse({"error": C.RETRY.value}, status_code=409, headers=headers)
+                return retry_response(err.retry_after_s)
+            except RPCError as err:
+                if not is_transient_refusal(err):
+                    raise
+                # Temporal turned it away for load: the app would answer 429, and the
+                # seed's RETRY is 409.
+                log.warning("broker request turned away by Temporal: %s", err.message)
+                return retry_response(DEFAULT_RETRY_AFTER_S)
 
         return route
+
+
+def retry_response(retry_after_s: int) -> JSONResponse:
+    headers = {"Retry-After": str(retry_after_s)}
+    return JSONResponse({"error": C.RETRY.value}, status_code=409, headers=headers)
 
 
 OTHER_ERRORS: dict[int | str, dict[str, Any]] = {
@@ -541,7 +565,10 @@ async def get_metadata(broker: BrokerDep) -> BrokerMeta:
 @router.put(
     "/metadata",
     response_model=None,
-    responses={**CHANGED, **refusals(INVALID_REQUEST, C.INVALID_META_VERSION, C.RETRY)},
+    responses={
+        **CHANGED,
+        **refusals(INVALID_REQUEST, C.INVALID_META_VERSION, C.EPOCH_SMALLER_THAN_CURRENT, C.RETRY),
+    },
     openapi_extra=body_doc(BrokerMeta, "Metadata as GET /api/v2/metadata answers it"),
 )
 async def restore_metadata(request: Request, broker: BrokerDep) -> Response:
@@ -568,7 +595,7 @@ async def restore_metadata(request: Request, broker: BrokerDep) -> Response:
 
 
 @router.get(
-    "/clusters/info/{cluster_name:path}",
+    "/clusters/info/{cluster_name:whole}",
     responses=refusals(C.INVALID_CLUSTER_NAME, C.CLUSTER_NOT_FOUND),
 )
 async def cluster_info(cluster_name: ClusterName, broker: BrokerDep) -> ClusterInfo:
@@ -578,7 +605,7 @@ async def cluster_info(cluster_name: ClusterName, broker: BrokerDep) -> ClusterI
 
 
 @router.post(
-    "/clusters/meta/{cluster_name:path}",
+    "/clusters/meta/{cluster_name:whole}",
     response_model=None,
     responses={
         **CHANGED,
@@ -606,7 +633,7 @@ async def create_cluster(
 
 
 @router.delete(
-    "/clusters/meta/{cluster_name:path}",
+    "/clusters/meta/{cluster_name:whole}",
     response_model=None,
     responses={**CHANGED, **refusals(C.INVALID_CLUSTER_NAME, C.CLUSTER_NOT_FOUND, C.RETRY)},
 )
@@ -631,7 +658,7 @@ NODE_REFUSALS = (
 
 
 @router.patch(
-    "/clusters/nodes/{cluster_name:path}",
+    "/clusters/nodes/{cluster_name:whole}",
     response_model=None,
     responses={**CHANGED, **refusals(*NODE_REFUSALS)},
     openapi_extra=body_doc(AddNodesBody),
@@ -645,7 +672,7 @@ async def add_nodes(cluster_name: ClusterName, request: Request, broker: BrokerD
 
 
 @router.put(
-    "/clusters/nodes/{cluster_name:path}",
+    "/clusters/nodes/{cluster_name:whole}",
     response_model=None,
     responses={**CHANGED, **refusals(C.NODE_NUM_ALREADY_ENOUGH, *NODE_REFUSALS)},
     openapi_extra=body_doc(ScaleUpNodesBody),
@@ -663,7 +690,7 @@ async def add_nodes_if_needed(
 
 
 @router.delete(
-    "/clusters/free_nodes/{cluster_name:path}",
+    "/clusters/free_nodes/{cluster_name:whole}",
     response_model=None,
     responses={
         **CHANGED,
@@ -686,7 +713,7 @@ async def delete_free_nodes(cluster_name: ClusterName, broker: BrokerDep) -> Res
 
 
 @router.post(
-    "/clusters/migrations/auto/{cluster_name:path}/{node_number}",
+    "/clusters/migrations/auto/{cluster_name:whole}/{node_number}",
     response_model=None,
     responses={
         **CHANGED,
@@ -718,7 +745,7 @@ async def auto_scale(
 
 
 @router.post(
-    "/clusters/migrations/expand/{cluster_name:path}",
+    "/clusters/migrations/expand/{cluster_name:whole}",
     response_model=None,
     responses={
         **CHANGED,
@@ -740,7 +767,7 @@ async def expand(cluster_name: ClusterName, broker: BrokerDep) -> Response:
 
 
 @router.post(
-    "/clusters/migrations/shrink/{cluster_name:path}/{new_cluster_nodes_number}",
+    "/clusters/migrations/shrink/{cluster_name:whole}/{new_cluster_nodes_number}",
     response_model=None,
     responses={
         **CHANGED,
@@ -769,7 +796,7 @@ async def shrink(
 
 
 @router.patch(
-    "/clusters/config/{cluster_name:path}",
+    "/clusters/config/{cluster_name:whole}",
     response_model=None,
     responses={
         **CHANGED,
@@ -813,7 +840,7 @@ async def add_proxy(request: Request, broker: BrokerDep) -> Response:
 
 
 @router.delete(
-    "/proxies/meta/{proxy_address:path}",
+    "/proxies/meta/{proxy_address:whole}",
     response_model=None,
     responses={**CHANGED, **refusals(C.PROXY_NOT_FOUND, C.IN_USE, C.RETRY)},
 )
@@ -824,7 +851,7 @@ async def remove_proxy(proxy_address: ProxyAddress, broker: BrokerDep) -> Respon
 
 
 @router.put(
-    "/clusters/balance/{cluster_name:path}",
+    "/clusters/balance/{cluster_name:whole}",
     response_model=None,
     responses={**CHANGED, **refusals(C.INVALID_CLUSTER_NAME, C.CLUSTER_NOT_FOUND, C.RETRY)},
 )
@@ -865,8 +892,8 @@ async def bump_epoch(
     """Set every epoch to ``new_epoch``, which must be larger than the global epoch (after
     a failover left the metadata stale)."""
     text = new_epoch.strip()
-    digits = text.removeprefix("-").removeprefix("+")
-    if not (digits.isascii() and digits.isdigit() and len(digits) <= 20):
+    # One sign at most: "-+5" passed a check of the digits after both and broke int().
+    if not EPOCH_RE.fullmatch(text):
         raise ApiError(f"invalid epoch {new_epoch[:40]!r}: expected an integer")
     epoch = int(text)
     if epoch < 0:
@@ -925,7 +952,7 @@ async def cluster_names(
     return ClusterNamesPayload(names=page(names, offset, limit))
 
 
-@router.get("/clusters/meta/{cluster_name:path}", responses=refusals(C.INVALID_CLUSTER_NAME))
+@router.get("/clusters/meta/{cluster_name:whole}", responses=refusals(C.INVALID_CLUSTER_NAME))
 async def cluster_meta(cluster_name: ClusterName, broker: BrokerDep) -> ClusterPayload:
     """The cluster's nodes, slots and replication, or ``{"cluster": null}``."""
     validate_cluster_name(cluster_name)
@@ -942,14 +969,14 @@ async def proxy_addresses(
     return AddressesPayload(addresses=page(addresses, offset, limit))
 
 
-@router.get("/proxies/meta/{proxy_address:path}")
+@router.get("/proxies/meta/{proxy_address:whole}")
 async def proxy_meta(proxy_address: ProxyAddress, broker: BrokerDep) -> ProxyPayload:
     """The proxy's nodes and its peers' slots, or ``{"proxy": null}``."""
     return ProxyPayload(proxy=proxy_view(await broker.meta(), proxy_address))
 
 
 @router.post(
-    "/failures/{server_proxy_address:path}/{reporter_id}",
+    "/failures/{server_proxy_address:whole}/{reporter_id}",
     response_model=None,
     responses={**CHANGED, **refusals(C.INVALID_PROXY_ADDRESS, INVALID_REQUEST, C.RETRY)},
 )
@@ -978,7 +1005,7 @@ async def get_failures(broker: BrokerDep) -> AddressesPayload:
 
 
 @router.post(
-    "/proxies/failover/{proxy_address:path}",
+    "/proxies/failover/{proxy_address:whole}",
     responses=refusals(C.PROXY_NOT_FOUND, C.NO_AVAILABLE_RESOURCE, C.RETRY),
 )
 async def failover(proxy_address: ProxyAddress, broker: BrokerDep) -> ProxyPayload:

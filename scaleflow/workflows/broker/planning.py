@@ -14,6 +14,7 @@ Two things the planner in ``core/broker`` leaves to the caller are decided here:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Literal
@@ -398,6 +399,17 @@ def expand_planned(state: BrokerState, name: str) -> BrokerState:
 
 
 def set_cluster_config(state: BrokerState, req: ClusterConfigRequest) -> Outcome:
+    get_cluster(state.meta, req.name)
+    for key, value in req.fields.items():
+        # The planner compares values with sets: a list or an object would be a
+        # TypeError there, answered as INVALID_REQUEST instead of the seed's code.
+        if isinstance(value, list | dict):
+            raise BrokerError(
+                BrokerErrorCode.INVALID_CONFIG,
+                f"{key}: expected a string or a number",
+                key=key,
+                value=json.dumps(value)[:100],
+            )
     return Outcome(with_meta(state, clusters.change_config(state.meta, req.name, req.fields)))
 
 
