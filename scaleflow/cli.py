@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import uvicorn
 
+from scaleflow.api.auth import auth_headers, check_bind
 from scaleflow.core.settings import Settings
 from scaleflow.logs import setup_logging
 
@@ -21,7 +22,9 @@ def _api_url(settings: Settings) -> str:
 
 def _call(settings: Settings, method: str, path: str) -> int:
     try:
-        resp = httpx.request(method, _api_url(settings) + path, timeout=30)
+        # The token (SCALEFLOW_API_TOKEN) as a bearer header; never printed.
+        headers = auth_headers(settings)
+        resp = httpx.request(method, _api_url(settings) + path, headers=headers, timeout=30)
     except httpx.HTTPError as exc:
         print(f"scaleflow: cannot reach the API at {_api_url(settings)}: {exc}", file=sys.stderr)
         return 2
@@ -72,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "api":
         from scaleflow.api.app import create_app
 
+        check_bind(settings)  # before anything listens
         uvicorn.run(
             create_app(settings), host=settings.api_host, port=settings.api_port, log_config=None
         )

@@ -27,6 +27,7 @@ from temporalio.worker import Worker
 from scaleflow.activities.providers.local import LocalProvider
 from scaleflow.activities.redis_proxies import LocalProxies
 from scaleflow.api.app import create_app
+from scaleflow.api.auth import check_bind
 from scaleflow.api.routes.broker import Broker
 from scaleflow.api.temporal import upsert_pool
 from scaleflow.core.models import Engine, PoolConfig, PoolInit, ProviderName
@@ -111,6 +112,7 @@ def state_lock(settings: Settings) -> Iterator[None]:
 
 
 async def run_dev(settings: Settings) -> None:
+    check_bind(settings)  # before the dev server or any node starts
     with state_lock(settings):
         await _run_dev(settings)
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from temporalio import activity
 from temporalio.client import Client
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import (
     ActivityInboundInterceptor,
     ExecuteActivityInput,
@@ -177,8 +178,19 @@ def build_worker(client: Client, settings: Settings) -> Worker:
     )
 
 
+def sdk_runtime(settings: Settings) -> Runtime | None:
+    """A runtime that serves the SDK's metrics in the Prometheus format on
+    ``worker_metrics_host:worker_metrics_port`` (/metrics); None (the default runtime,
+    no metrics) when the port is 0. A port in use fails the start, loudly."""
+    if not settings.worker_metrics_port:
+        return None
+    address = f"{settings.worker_metrics_host}:{settings.worker_metrics_port}"
+    log.info("worker SDK metrics on http://%s/metrics", address)
+    return Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=address)))
+
+
 async def run(settings: Settings) -> None:
-    client = await connect(settings, attempts=60)
+    client = await connect(settings, attempts=60, runtime=sdk_runtime(settings))
     worker = build_worker(client, settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import SecretStr
 from temporalio.common import SearchAttributeIndexedValueType
 
 from scaleflow import cli
@@ -198,7 +199,10 @@ def test_settings_load_from_the_service_environment(
         monkeypatch.setenv(key, value)
     settings = Settings()  # values must also validate (ports are ints, and so on)
     for key, value in env.items():
-        assert str(getattr(settings, key[len(PREFIX) :].lower())) == value, key
+        got = getattr(settings, key[len(PREFIX) :].lower())
+        # A secret (the API token) prints as stars by design: compare what it holds.
+        got = got.get_secret_value() if isinstance(got, SecretStr) else got
+        assert str(got) == value, key
 
 
 @pytest.mark.parametrize("name", SCALEFLOW_SERVICES)
@@ -216,6 +220,8 @@ def test_scaleflow_services_reach_temporal(services: dict[str, dict[str, Any]], 
 def test_api_listens_on_all_interfaces(services: dict[str, dict[str, Any]]) -> None:
     env = environment(services["api"])
     assert env.get(f"{PREFIX}API_HOST") == "0.0.0.0"
+    # Beyond loopback the API refuses to start without a token (scaleflow.api.auth).
+    assert env.get(f"{PREFIX}API_TOKEN"), "the API listens on 0.0.0.0 without a token"
     port = env.get(f"{PREFIX}API_PORT", str(Settings.model_fields["api_port"].default))
     published = [str(p) for p in services["api"].get("ports", [])]
     assert any(p.rsplit(":", 1)[-1] == port for p in published), (

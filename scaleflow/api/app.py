@@ -10,7 +10,7 @@ from datetime import timedelta
 from fastapi import FastAPI, Request, Response
 from temporalio.client import Client
 
-from scaleflow.api import computes_file, errors, limits
+from scaleflow.api import auth, computes_file, errors, limits, metrics
 from scaleflow.api.events import EventStore
 from scaleflow.api.routes import broker, chemtrail, dashboard, genisys, memcache, pools
 from scaleflow.core.settings import Settings
@@ -64,10 +64,14 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
         return await call_next(request)
 
     errors.install(app, ERROR_FORMATS)
+    # One check in front of every surface; its 401 uses the table installed above.
+    auth.install(app, settings)
     app.include_router(chemtrail.router)
     app.include_router(pools.router)
     app.include_router(genisys.router)
     app.include_router(memcache.router)
     app.include_router(broker.router)
     app.include_router(dashboard.router)
+    # Last, so that its middleware is the outermost: it sees every answer's status.
+    metrics.install(app)
     return app

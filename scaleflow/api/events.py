@@ -132,6 +132,10 @@ class EventStore:
         await self._sync()
         return [i for i, p in self._index.items() if pool is None or p == pool]
 
+    def pool_of(self, op_id: str) -> str:
+        """The pool (ScaleflowPool) of a listed operation; "" if it is not listed."""
+        return self._index.get(op_id, "")
+
     async def _recent_docs(self, pool: str | None) -> list[tuple[str, ScalingEvent]]:
         ids = await self.operation_ids(pool)
         docs = await asyncio.gather(*(self.get(i) for i in ids))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Protocol
 
 import httpx
@@ -18,8 +19,14 @@ class SlotMapSource(Protocol):
 class HttpSlotMapSource:
     """Polls ``GET /v1/pools/{pool}/slots``; an unchanged map costs a 304."""
 
-    def __init__(self, api_url: str, pool: str, timeout_s: float = 5.0) -> None:
-        self.http = httpx.Client(base_url=api_url.rstrip("/"), timeout=timeout_s)
+    def __init__(
+        self, api_url: str, pool: str, timeout_s: float = 5.0, token: str | None = None
+    ) -> None:
+        # The API may require its token for reads (SCALEFLOW_API_READ_TOKEN_REQUIRED):
+        # the one given, else SCALEFLOW_API_TOKEN from the environment, as the CLI does.
+        token = (token if token is not None else os.environ.get("SCALEFLOW_API_TOKEN", "")).strip()
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=api_url.rstrip("/"), timeout=timeout_s, headers=headers)
         self.path = f"/v1/pools/{pool}/slots"
 
     def fetch(self, known_epoch: int | None) -> SlotMap | None:

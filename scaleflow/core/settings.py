@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -18,6 +18,11 @@ class Settings(BaseSettings):
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    # With a token, every change needs "Authorization: Bearer <token>" (reads too when
+    # api_read_token_required); without one, the API only binds to loopback. A
+    # SecretStr, so that the settings never print it; blank counts as unset.
+    api_token: SecretStr | None = None
+    api_read_token_required: bool = False
 
     state_dir: Path = Path("var")
     memcached_bin: str = "memcached"
@@ -56,6 +61,18 @@ class Settings(BaseSettings):
     broker_free_proxies: int = Field(default=8, ge=0, le=256)
     broker_proxy_hosts: int = Field(default=4, ge=1, le=253)
     log_level: str = "INFO"
+    # The worker serves the Temporal SDK's own metrics (Prometheus, on /metrics) on this
+    # port; 0 turns them off, so that tests and `scaleflow dev` never fight for a port.
+    worker_metrics_port: int = Field(default=0, ge=0, le=65_535)
+    worker_metrics_host: str = "127.0.0.1"
+
+    @field_validator("api_token", mode="after")
+    @classmethod
+    def _blank_token_is_none(cls, value: SecretStr | None) -> SecretStr | None:
+        # SCALEFLOW_API_TOKEN= (as compose files leave it) means no token, not "";
+        # surrounding blanks (a trailing newline from a secrets file) are no part of it.
+        token = value.get_secret_value().strip() if value is not None else ""
+        return SecretStr(token) if token else None
 
     @property
     def nodes_dir(self) -> Path:

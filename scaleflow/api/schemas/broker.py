@@ -25,6 +25,7 @@ from scaleflow.core.broker.models import (
 INVALID_REQUEST = "INVALID_REQUEST"
 CODE_BY_STATUS: dict[int, str] = {
     400: INVALID_REQUEST,
+    401: "UNAUTHORIZED",  # no or a wrong bearer token (SCALEFLOW_API_TOKEN)
     404: "NOT_FOUND",
     405: "METHOD_NOT_ALLOWED",
     409: "RETRY",
@@ -43,8 +44,8 @@ class ErrorBody(BaseModel):
 
 
 class DetailedErrorBody(ErrorBody):
-    """An error this API adds to the seed's codes (``INVALID_REQUEST``, ``NOT_FOUND``,
-    ``METHOD_NOT_ALLOWED``, ``UNAVAILABLE``): the code and what was wrong."""
+    """An error this API adds to the seed's codes (``INVALID_REQUEST``, ``UNAUTHORIZED``,
+    ``NOT_FOUND``, ``METHOD_NOT_ALLOWED``, ``UNAVAILABLE``): the code and what was wrong."""
 
     message: str
 
