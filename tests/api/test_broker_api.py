@@ -14,9 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import threading
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,12 +65,20 @@ async def _pong(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
         writer.close()
 
 
-@dataclass
 class Nodes:
-    servers: list[asyncio.Server] = field(default_factory=list)
+    """PING stubs served by a loop on a thread of their own: the test's loop, busy with a
+    burst, the API and the worker, could answer late, and a late PONG is a failure
+    report (an epoch) to the broker."""
+
+    def __init__(self) -> None:
+        self.servers: list[asyncio.Server] = []
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
 
     async def node(self, host: str) -> str:
-        server = await asyncio.start_server(_pong, host, 0)
+        started = asyncio.run_coroutine_threadsafe(asyncio.start_server(_pong, host, 0), self._loop)
+        server = await asyncio.wrap_future(started)
         self.servers.append(server)
         return f"{host}:{server.sockets[0].getsockname()[1]}"
 
@@ -77,9 +86,21 @@ class Nodes:
         first, second = await self.node(host), await self.node(host)
         return {"proxy_address": first, "nodes": [first, second]}
 
-    def close(self) -> None:
+    async def _shut(self) -> None:
         for server in self.servers:
             server.close()
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+        asyncio.run_coroutine_threadsafe(self._shut(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
 
 
 @dataclass

@@ -55,7 +55,8 @@ NAMES = ("c0", "c1", "c2")
 NEW_KEYS = 6  # written into each cluster per check
 MAX_KEYS = 90  # per cluster: then values are overwritten instead
 BUSY = ("MIGRATION_RUNNING", "NODE_NUMBER_CHANGING")
-IDLE_TIMEOUT_S = 90.0
+# An expand onto empty masters takes 15-60 s alone; under a loaded CI, several times that.
+IDLE_TIMEOUT_S = 300.0
 
 
 # ---- the model -----------------------------------------------------------------------------
@@ -283,10 +284,15 @@ class Run:
         for op in ops:
             # Its end, long-polled (building the status document at every poll would
             # cost more CPU than the operation); then the status the API reports.
-            with contextlib.suppress(WorkflowFailureError):
+            try:
                 await asyncio.wait_for(
                     self.st.client.get_workflow_handle(op).result(), IDLE_TIMEOUT_S
                 )
+            except WorkflowFailureError:
+                pass
+            except TimeoutError:
+                resp = await self.http.get(f"/v1/scale/status/{op}")
+                raise AssertionError(f"operation {op} still running: {resp.text}") from None
             doc: dict[str, Any] = {}
             for _ in range(100):
                 resp = await self.http.get(f"/v1/scale/status/{op}")
