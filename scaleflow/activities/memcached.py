@@ -96,25 +96,31 @@ class MemcachedEngine:
             try:
                 open_conns = client_connections(addr)
             except (OSError, ValueError, KeyError, MemcacheUnexpectedCloseError):
+                if first:
+                    events.append(note(f"draining node {node.id}", SOURCE))
                 events.append(
                     note(f"node {node.id} at {addr} does not answer; nothing to drain", SOURCE)
                 )
+                events.append(note(f"drain complete for node {node.id}", SOURCE))
                 return DrainResult(completed=True, events=events)
             except MemcacheError:
                 # It refuses even a stats connection: still full of clients.
                 open_conns = -1
+            if first:
+                # Every drain starts with the seed's "draining node X".
+                events.append(note(f"draining node {node.id}: {_count(open_conns)} open", SOURCE))
+                first = False
+                if open_conns != 0:
+                    # The first slice ends here, so the drain shows in the events at once.
+                    return DrainResult(completed=False, remaining=open_conns, events=events)
             if open_conns == 0:
                 events.append(note(f"all client connections on node {node.id} have closed", SOURCE))
+                events.append(note(f"drain complete for node {node.id}", SOURCE))
                 return DrainResult(completed=True, events=events)
-            if first:
-                events.append(note(f"draining node {node.id}: {_count(open_conns)} open", SOURCE))
-                # The first slice ends here, so the drain shows in the events at once.
-                return DrainResult(completed=False, remaining=open_conns, events=events)
             if req.deadline_ns == 0 or time.time_ns() >= req.deadline_ns:
                 events.append(
                     note(
-                        f"drain deadline reached for node {node.id} with "
-                        f"{_count(open_conns)} still open",
+                        f"drain deadline reached for node {node.id}: {_count(open_conns)} left",
                         SOURCE,
                     )
                 )
@@ -128,4 +134,6 @@ class MemcachedEngine:
 def _count(open_conns: int) -> str:
     if open_conns < 0:
         return "more client connections than it accepts"
+    if open_conns == 0:
+        return "no client connections"
     return f"{open_conns} client connections"

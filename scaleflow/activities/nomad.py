@@ -453,8 +453,7 @@ class NomadEngine:
             if final or time.time_ns() >= give_up_ns:
                 events.append(
                     note(
-                        f"drain of node {nid} did not finish by its deadline: "
-                        f"{running} allocations still running",
+                        f"drain deadline reached for node {nid}: {running} allocations left",
                         SOURCE,
                     )
                 )

@@ -265,7 +265,11 @@ def test_drain_without_clients_completes_at_once(
 
     assert result.completed
     assert result.remaining == 0
-    assert messages(result) == ["all client connections on node m1 have closed"]
+    assert messages(result) == [
+        "draining node m1: no client connections open",
+        "all client connections on node m1 have closed",
+        "drain complete for node m1",
+    ]
     assert beats.calls == []
 
 
@@ -313,9 +317,7 @@ def test_drain_final_reading_reports_the_deadline(
 
     assert not result.completed
     assert result.remaining == 1
-    assert messages(result) == [
-        "drain deadline reached for node m1 with 1 client connections still open"
-    ]
+    assert messages(result) == ["drain deadline reached for node m1: 1 client connections left"]
 
 
 def test_drain_past_deadline_reports_it(
@@ -331,9 +333,7 @@ def test_drain_past_deadline_reports_it(
 
     assert not result.completed
     assert result.remaining == 1
-    assert messages(result) == [
-        "drain deadline reached for node m1 with 1 client connections still open"
-    ]
+    assert messages(result) == ["drain deadline reached for node m1: 1 client connections left"]
 
 
 def test_drain_completes_when_the_last_client_leaves(
@@ -352,7 +352,10 @@ def test_drain_completes_when_the_last_client_leaves(
 
     assert result.completed
     assert result.remaining == 0
-    assert messages(result) == ["all client connections on node m1 have closed"]
+    assert messages(result) == [
+        "all client connections on node m1 have closed",
+        "drain complete for node m1",
+    ]
 
 
 def test_drain_of_a_node_that_does_not_answer_completes(engine: MemcachedEngine) -> None:
@@ -361,7 +364,11 @@ def test_drain_of_a_node_that_does_not_answer_completes(engine: MemcachedEngine)
     result = engine.drain(drain_input(make_node("gone", address), slice_s=5.0), Beats())
 
     assert result.completed
-    assert messages(result) == [f"node gone at {address} does not answer; nothing to drain"]
+    assert messages(result) == [
+        "draining node gone",
+        f"node gone at {address} does not answer; nothing to drain",
+        "drain complete for node gone",
+    ]
 
 
 @pytest.fixture
@@ -408,4 +415,8 @@ def test_drain_of_a_node_that_hangs_up_completes(engine: MemcachedEngine, hangs_
         pytest.fail(f"drain raised {type(exc).__name__} for a node that does not answer")
 
     assert result.completed
-    assert messages(result) == [f"node broken at {hangs_up} does not answer; nothing to drain"]
+    assert messages(result) == [
+        "draining node broken",
+        f"node broken at {hangs_up} does not answer; nothing to drain",
+        "drain complete for node broken",
+    ]

@@ -130,10 +130,9 @@ async def test_drain_waits_for_client_connections(
         finally:
             held.close()
         doc = await st.wait_status(op)
-        assert any(
-            e["Message"] == f"all client connections on node {newest['id']} have closed"
-            for e in doc["Events"]
-        )
+        said = [e["Message"] for e in doc["Events"]]
+        closed = said.index(f"all client connections on node {newest['id']} have closed")
+        assert said[closed + 1] == f"drain complete for node {newest['id']}", said
         await st.wait_pool(name, 1)
 
 
