@@ -100,6 +100,12 @@ async def execute_update(client: Client, workflow_id: str, update: Any, arg: Any
         raise update_error(exc) from exc
 
 
+def entity_summary(workflow_id: str) -> str:
+    """ "pool/default" -> "pool default: the entity that queues its operations"."""
+    kind, _, name = workflow_id.partition("/")
+    return f"{kind} {name}: the entity that queues its operations"
+
+
 async def update_with_start(
     client: Client,
     settings: Settings,
@@ -122,6 +128,7 @@ async def update_with_start(
             id=workflow_id,
             task_queue=settings.task_queue,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            static_summary=entity_summary(workflow_id),
         )
         return await client.execute_update_with_start_workflow(
             update, args=_args(arg), start_workflow_operation=op, id=uid

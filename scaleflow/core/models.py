@@ -143,6 +143,16 @@ DIRECTIONS: dict[OperationKind, str] = {
 }
 
 
+def operation_summary(kind: OperationKind, pool: str, count: int, reason: str) -> str:
+    """One line naming an operation, for the Temporal UI: "scale-out pool default by 1
+    (manual)"."""
+    if kind in (OperationKind.SCALE_OUT, OperationKind.SCALE_IN):
+        return f"{kind.value} pool {pool} by {count} ({reason})"
+    if kind is OperationKind.ROLLOUT:
+        return f"config roll-out on pool {pool} ({reason})"
+    return f"data clear of pool {pool} ({reason})"
+
+
 class DataClearSpec(BaseModel):
     """What a data clear empties: the cache nodes always; S3 and RDS when asked."""
 

@@ -41,6 +41,7 @@ class DataClearWorkflow(OperationBase):
             "flush_cache",
             FlushInput(pool=inp.pool, engine=inp.config.engine, nodes=nodes),
             result_type=FlushResult,
+            summary=f"flush the cache of {len(nodes)} nodes of pool {inp.pool}",
             **options.long_running(FLUSH_WORK_S, attempts=5),
         )
         target = ClearInput(pool=inp.pool, op_id=inp.op_id)
@@ -49,6 +50,7 @@ class DataClearWorkflow(OperationBase):
                 "empty_bucket",
                 target,
                 result_type=EmptyBucketResult,
+                summary=f"empty the S3 bucket of pool {inp.pool}",
                 # The listing resumes where a failed attempt stopped.
                 **options.long_running(EMPTY_BUCKET_WORK_S, attempts=10),
             )
@@ -57,6 +59,7 @@ class DataClearWorkflow(OperationBase):
                 "truncate_tables",
                 target,
                 result_type=TruncateResult,
+                summary=f"truncate the RDS tables of pool {inp.pool}",
                 **options.long_running(TRUNCATE_WORK_S, attempts=10),
             )
         # Nothing joins or leaves the pool.

@@ -81,7 +81,9 @@ class SlotMigrationWorkflow:
 
     async def _grace(self, inp: MigrationInput) -> None:
         if inp.grace_s > 0:
-            await workflow.sleep(timedelta(seconds=inp.grace_s))
+            await workflow.sleep(
+                timedelta(seconds=inp.grace_s), summary="grace for clients to see the new map"
+            )
 
     async def _move(self, inp: MigrationInput, mv: Move) -> None:
         await self._change(inp, self.map.marked_moving(mv))
@@ -95,11 +97,16 @@ class SlotMigrationWorkflow:
                 rate_mb_s=inp.rate_mb_s,
             ),
             result_type=MigrateResult,
+            summary=f"copy slots {mv.start}-{mv.end} to {self.map.addresses[mv.target]}",
             **options.long_running(600),
         )
         self.keys += result.keys
         await self._change(inp, self.map.moved(mv))
         self.done.append(mv)
+        workflow.set_current_details(
+            f"{sum(m.size for m in self.done)} of {sum(m.size for m in inp.moves)} slots "
+            f"and {self.keys} keys moved"
+        )
         if inp.purge:
             await self._grace(inp)
             await workflow.execute_activity(
@@ -108,5 +115,6 @@ class SlotMigrationWorkflow:
                     move=mv, address=inp.slot_map.addresses[mv.source], rate_mb_s=inp.rate_mb_s
                 ),
                 result_type=ActivityReport,
+                summary=f"purge slots {mv.start}-{mv.end} on {inp.slot_map.addresses[mv.source]}",
                 **options.long_running(600),
             )

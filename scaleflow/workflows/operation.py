@@ -180,6 +180,10 @@ class OperationBase:
                 SlotMigrationWorkflow.run,
                 arg,
                 id=child_id,
+                static_summary=(
+                    f"move {sum(m.size for m in arg.moves)} slots of pool {arg.pool} "
+                    f"in {len(arg.moves)} ranges"
+                ),
                 cancellation_type=ChildWorkflowCancellationType.WAIT_CANCELLATION_COMPLETED,
                 parent_close_policy=ParentClosePolicy.REQUEST_CANCEL,
             )
@@ -210,6 +214,7 @@ class OperationBase:
                     rate_mb_s=inp.config.migration_rate_mb_s,
                 ),
                 result_type=ActivityReport,
+                summary=f"purge slots {mv.start}-{mv.end} on {self.map.addresses[mv.target]}",
                 **options.long_running(600),
             )
 
@@ -251,18 +256,27 @@ class OperationBase:
                 "drain_node",
                 req,
                 result_type=DrainResult,
+                summary=f"drain node {node.id} ({max(left, 0):.0f} s to its deadline)",
                 **options.long_running(DRAIN_SLICE_S),
             )
             if result.completed or req.deadline_ns == 0:
                 return result
             req = req.model_copy(update={"first": False})
-            await workflow.sleep(min(DRAIN_POLL, timedelta(seconds=max(left, 0.001))))
+            workflow.set_current_details(
+                f"draining node {node.id}: {result.remaining} connections left, "
+                f"{max(left, 0):.0f} s to the deadline"
+            )
+            await workflow.sleep(
+                min(DRAIN_POLL, timedelta(seconds=max(left, 0.001))),
+                summary=f"wait before the next drain reading of node {node.id}",
+            )
 
     async def terminate(self, inp: OperationInput, node: Node) -> None:
         await workflow.execute_activity(
             "terminate_node",
             TerminateInput(pool=inp.pool, node=node, config=inp.config),
             result_type=ActivityReport,
+            summary=f"terminate node {node.id}",
             **options.terminate(),
         )
 

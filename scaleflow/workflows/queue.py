@@ -239,14 +239,21 @@ async def start_operation(
     provider_cfg: Any,
     pool: str,
     reason: str,
+    summary: str,
     memo_extra: dict[str, Any] | None = None,
 ) -> workflow.ChildWorkflowHandle[Any, Any]:
     """Start an operation's child workflow with the memo and search attributes that
-    ``/v1/scale/status`` reads (Direction, Provider, ProviderCfg)."""
+    ``/v1/scale/status`` reads (Direction, Provider, ProviderCfg), and the summary and
+    details the Temporal UI shows in place of a bare id."""
     return await workflow.start_child_workflow(
         run,
         arg,
         id=op_id,
+        static_summary=summary,
+        static_details=(
+            f"**{summary}**\n\n- pool: `{pool}`\n- direction: {direction}\n"
+            f"- provider: {provider}\n- reason: {reason}"
+        ),
         memo={
             "Direction": direction,
             "Provider": provider,

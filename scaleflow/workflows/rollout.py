@@ -77,6 +77,7 @@ class ConfigRolloutWorkflow(OperationBase):
                 "provision_node",
                 ProvisionInput(pool=inp.pool, node_id=node_id, config=config, known_refs=known),
                 result_type=ProvisionResult,
+                summary=f"provision node {node_id} with the new config for pool {inp.pool}",
                 **options.provision(),
             )
             # Provisioning is waited out on cancel, so its await may have swallowed one.
@@ -85,6 +86,7 @@ class ConfigRolloutWorkflow(OperationBase):
                 "node_ready",
                 ReadyInput(node=made.node, config=config, timeout_s=600),
                 result_type=ReadyResult,
+                summary=f"wait for node {node_id} to answer",
                 **options.long_running(600, attempts=3),
             )
             # Inside the try: a cancel these signals swallow is raised here, node made.

@@ -57,6 +57,7 @@ class ScaleInWorkflow(OperationBase):
                 "node_load",
                 LoadInput(nodes=pool, config=inp.config),
                 result_type=LoadResult,
+                summary=f"measure the load of {len(pool)} nodes",
                 **options.quick(),
             )
             load = measured.load

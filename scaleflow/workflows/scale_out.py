@@ -58,11 +58,19 @@ class ScaleOutWorkflow(OperationBase):
                     # Starting a local process (or nothing) takes milliseconds and is
                     # idempotent on the node id: a local activity saves a round trip.
                     made = await workflow.execute_local_activity(
-                        "provision_node", req, result_type=ProvisionResult, **options.local()
+                        "provision_node",
+                        req,
+                        result_type=ProvisionResult,
+                        summary=f"provision node {node_id} for pool {inp.pool}",
+                        **options.local(),
                     )
                 else:
                     made = await workflow.execute_activity(
-                        "provision_node", req, result_type=ProvisionResult, **options.provision()
+                        "provision_node",
+                        req,
+                        result_type=ProvisionResult,
+                        summary=f"provision node {node_id} for pool {inp.pool}",
+                        **options.provision(),
                     )
                 attempted[node_id] = made.node
                 known.append(made.node.provider_ref)
@@ -75,6 +83,7 @@ class ScaleOutWorkflow(OperationBase):
                         "node_ready",
                         ReadyInput(node=made.node, config=inp.config, timeout_s=600),
                         result_type=ReadyResult,
+                        summary=f"wait for node {node_id} to answer",
                         **options.long_running(600, attempts=3),
                     )
                     node = up.node

@@ -144,7 +144,11 @@ class ServiceScaleWorkflow:
     async def _scale(self, inp: ServiceOpInput) -> ServiceOpResult:
         call = ConnectorCall(service=inp.service, compute=inp.compute)
         status = await workflow.execute_activity(
-            "connector_status", call, result_type=StatusResult, **_connector_options()
+            "connector_status",
+            call,
+            result_type=StatusResult,
+            summary=f"read service {inp.service}'s status on compute {inp.compute.name}",
+            **_connector_options(),
         )
         if status.protocol == "v1" or status.running is None:
             if inp.target is not None:
@@ -161,6 +165,7 @@ class ServiceScaleWorkflow:
             "connector_scale",
             ScaleCall(service=inp.service, compute=inp.compute, number=target),
             result_type=ScaleResult,
+            summary=f"scale service {inp.service} to {target} on compute {inp.compute.name}",
             **_connector_options(),
         )
         if scaled.applied:
@@ -191,6 +196,7 @@ class ServiceScaleWorkflow:
                 "connector_step",
                 StepCall(service=call.service, compute=call.compute, action=action),
                 result_type=StepResult,
+                summary=f"{action} one resource of service {call.service}",
                 **_connector_options(),
             )
             running = done.running
@@ -294,6 +300,10 @@ class ServiceWorkflow:
             provider_cfg=cfg,
             pool=service_pool(self.name),
             reason=entry.reason,
+            summary=(
+                f"scale-{direction.value} service {self.name} to {op.target} "
+                f"on compute {op.compute.name} ({entry.reason})"
+            ),
             memo_extra={"Service": self.name},
         )
 
@@ -381,6 +391,7 @@ class ServiceWorkflow:
                 "connector_status",
                 ConnectorCall(service=self.name, compute=compute),
                 result_type=StatusResult,
+                summary=f"check service {self.name} against its desired count",
                 **_check_options(),
             )
         except ActivityError as err:

@@ -88,6 +88,7 @@ class FailureDetection:
             "ping_redis_nodes",
             PingNodesInput(addresses=targets),
             result_type=PingNodesResult,
+            summary=f"ping {len(targets)} nodes",
             start_to_close_timeout=PING_TIMEOUT,
             retry_policy=RetryPolicy(maximum_attempts=1),
         )

@@ -289,6 +289,8 @@ class BrokerWorkflow(RequestHandlers, FailureDetection, MetaReplication):
             provider_cfg={"broker": self.name, "cluster": spec.cluster or ""},
             pool=f"{self.id}/{spec.cluster}" if spec.cluster else self.id,
             reason=spec.reason,
+            summary=f"{spec.kind} {f'cluster {spec.cluster}' if spec.cluster else 'proxies'} "
+            f"of broker {self.name} ({spec.reason})",
             memo_extra={"Broker": self.name, "Cluster": spec.cluster or "", "Kind": spec.kind},
         )
 

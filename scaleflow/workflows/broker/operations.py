@@ -198,6 +198,7 @@ class BrokerOperationWorkflow:
                 "provision_redis_proxy",
                 req,
                 result_type=ProvisionProxyResult,
+                summary=f"provision proxy {req.proxy_id} on {req.host}",
                 **options.provision(),
             )
             result.provisioned.append(made.proxy)
@@ -216,6 +217,7 @@ class BrokerOperationWorkflow:
                 "destroy_redis_proxy",
                 DestroyProxyInput(proxy_id=proxy_id),
                 result_type=ActivityReport,
+                summary=f"destroy proxy {proxy_id}",
                 **options.terminate(),
             )
 
@@ -257,6 +259,7 @@ class BrokerOperationWorkflow:
                 "remove_redis_nodes",
                 RemoveNodesInput(remove=nodes, keep=keep),
                 result_type=RemoveNodesResult,
+                summary=f"reset {len(nodes)} nodes: {', '.join(nodes)}",
                 **_membership_options(),
             )
 
@@ -275,6 +278,7 @@ class BrokerOperationWorkflow:
                 "form_redis_cluster",
                 form_input_for(members),
                 result_type=FormClusterResult,
+                summary=f"form cluster {cluster.name} of {len(members.nodes)} nodes",
                 **_membership_options(),
             )
 
@@ -286,6 +290,7 @@ class BrokerOperationWorkflow:
                 "failover_redis_node",
                 FailoverInput(replica=node),
                 result_type=FailoverResult,
+                summary=f"promote replica {node}",
                 **_failover_options(),
             )
 
@@ -349,6 +354,9 @@ class BrokerOperationWorkflow:
                     del running[key]
                     job.result()  # a move that failed for good fails the operation
                     result.moves += 1
+                    workflow.set_current_details(
+                        f"{result.moves} slot moves done, {len(running)} running"
+                    )
                     waiting[key] = self._token("move")
                     await self._signal(
                         inp, "move_done", MoveDone(op_id=inp.op_id, task=task, token=waiting[key])
@@ -385,10 +393,15 @@ class BrokerOperationWorkflow:
                     "migrate_redis_slots",
                     req,
                     result_type=MigrateSlotsResult,
+                    summary=f"move slots {task.slot_range.range_list} from {req.source} "
+                    f"to {req.target}",
                     **_migrate_options(),
                 )
             except ActivityError as err:
                 if _is_cancel(err) or attempt == MOVE_ATTEMPTS - 1:
                     raise
-            await workflow.sleep(timedelta(seconds=2 ** (attempt + 1)))
+            await workflow.sleep(
+                timedelta(seconds=2 ** (attempt + 1)),
+                summary=f"back off before moving from {req.source} again",
+            )
         raise AssertionError("unreachable")

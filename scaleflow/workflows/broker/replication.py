@@ -51,6 +51,7 @@ class MetaReplication:
             "replicate_broker_meta",
             ReplicateMetaInput(addresses=list(addresses), meta=self.state.meta),
             result_type=ReplicateMetaResult,
+            summary=f"replicate metadata to {len(addresses)} brokers",
             schedule_to_close_timeout=REPLICATE_TIMEOUT,
             retry_policy=RetryPolicy(maximum_attempts=1),
         )

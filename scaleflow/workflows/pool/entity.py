@@ -49,6 +49,7 @@ with workflow.unsafe.imports_passed_through():
         PoolInit,
         PoolView,
         ProviderName,
+        operation_summary,
     )
     from scaleflow.core.slots import SlotMap
 
@@ -198,6 +199,7 @@ class PoolWorkflow:
             provider_cfg=self.config.provider_config,
             pool=self.name,
             reason=entry.reason,
+            summary=operation_summary(kind, self.name, entry.count, entry.reason),
             memo_extra={"Pool": self.name},
         )
 

@@ -54,6 +54,7 @@ class Membership:
                 "list_pool_nodes",
                 ListNodesInput(pool=name, config=config),
                 result_type=ListNodesResult,
+                summary=f"list the provider's nodes of pool {name}",
                 **options.quick(attempts=3),
             )
         except ActivityError:

@@ -88,6 +88,7 @@ class Statistics:
                     previous=self.counters,
                 ),
                 result_type=StatsResult,
+                summary=f"read the statistics of {len(members)} nodes",
                 **options.quick(attempts=3),
             )
         except ActivityError:
