@@ -38,8 +38,24 @@ def temporal_binary() -> str:
     return found
 
 
-def dev_server_args(settings: Settings) -> list[str]:
+def dev_server_host_port(settings: Settings) -> tuple[str, int]:
+    """Where the dev server listens for gRPC: the host and port of the Temporal address."""
     host, _, port = settings.temporal_address.rpartition(":")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def dev_server_ports(settings: Settings) -> list[tuple[str, str, int, str]]:
+    """What the dev server listens on: (what, host, port, the setting that moves it).
+    The UI listens on the same address as gRPC (``--ui-ip`` defaults to ``--ip``)."""
+    host, port = dev_server_host_port(settings)
+    return [
+        ("the Temporal dev server", host, port, "SCALEFLOW_TEMPORAL_ADDRESS"),
+        ("the Temporal UI", host, settings.temporal_ui_port, "SCALEFLOW_TEMPORAL_UI_PORT"),
+    ]
+
+
+def dev_server_args(settings: Settings) -> list[str]:
+    host, port = dev_server_host_port(settings)
     args = [
         temporal_binary(),
         "server",
@@ -47,9 +63,9 @@ def dev_server_args(settings: Settings) -> list[str]:
         "--db-filename",
         str(settings.state_dir / "temporal.db"),
         "--ip",
-        host or "127.0.0.1",
+        host,
         "--port",
-        port,
+        str(port),
         "--ui-port",
         str(settings.temporal_ui_port),
         "--namespace",

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import errno
 import fcntl
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import uvicorn
 from temporalio.client import Client
@@ -32,7 +35,7 @@ from scaleflow.api.routes.broker import Broker
 from scaleflow.api.temporal import upsert_pool
 from scaleflow.core.models import Engine, PoolConfig, PoolInit, ProviderName
 from scaleflow.core.settings import Settings
-from scaleflow.devserver import dev_server_args
+from scaleflow.devserver import dev_server_args, dev_server_host_port, dev_server_ports
 from scaleflow.temporal import connect
 from scaleflow.worker import build_worker
 from scaleflow.workflows.broker import BrokerWorkflow
@@ -42,6 +45,8 @@ from scaleflow.workflows.pool import PoolWorkflow
 log = logging.getLogger(__name__)
 # How long a stop waits for the worker to hand back its tasks.
 WORKER_STOP_S = 5.0
+# How long a start waits for the dev server to answer (while it keeps running).
+DEV_SERVER_START_S = 60.0
 
 
 def default_pool(settings: Settings) -> PoolConfig:
@@ -111,10 +116,112 @@ def state_lock(settings: Settings) -> Iterator[None]:
         yield
 
 
+def listen_ports(settings: Settings) -> list[tuple[str, str, int, str]]:
+    """Every port the stack listens on: (what, host, port, the setting that moves it)."""
+    ports = [
+        *dev_server_ports(settings),
+        ("the API", settings.api_host, settings.api_port, "SCALEFLOW_API_PORT"),
+    ]
+    if settings.worker_metrics_port:
+        ports.append(
+            (
+                "the worker's metrics",
+                settings.worker_metrics_host,
+                settings.worker_metrics_port,
+                "SCALEFLOW_WORKER_METRICS_PORT",
+            )
+        )
+    return ports
+
+
+def cannot_listen(host: str, port: int) -> OSError | None:
+    """Why nothing could listen on ``host:port`` now (in use, say); None if it could.
+
+    SO_REUSEADDR as the servers themselves set it, so that a port a stopped stack left
+    in TIME_WAIT counts as free, and one something listens on does not.
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        return exc
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            return exc
+    return None
+
+
+def check_ports(settings: Settings) -> None:
+    """Stop at once, naming the port, if the stack could not listen on one of its ports,
+    rather than start half of it and wait for a server that cannot come up."""
+    seen: dict[int, str] = {}
+    for what, host, port, setting in listen_ports(settings):
+        if port in seen:
+            raise SystemExit(
+                f"scaleflow: port {port} is configured for both {seen[port]} and {what} "
+                f"({setting}); give each its own port"
+            )
+        seen[port] = what
+        error = cannot_listen(host, port)
+        if error is not None and getattr(error, "errno", None) == errno.EADDRINUSE:
+            raise SystemExit(
+                f"scaleflow: port {port} on {host} ({what}) is already in use: stop what "
+                f"listens there, or move {what} to another port with {setting}"
+            )
+        if error is not None:
+            raise SystemExit(
+                f"scaleflow: cannot listen on {host}:{port} (port {port}, {what}): {error}; "
+                f"check {setting}"
+            )
+
+
 async def run_dev(settings: Settings) -> None:
     check_bind(settings)  # before the dev server or any node starts
     with state_lock(settings):
+        # Inside the lock: a second `scaleflow dev` on this state dir is told so instead.
+        check_ports(settings)
         await _run_dev(settings)
+
+
+def _log_tail(path: Path, offset: int, lines: int = 8) -> str:
+    try:
+        with path.open("rb") as fh:
+            fh.seek(offset)
+            text = fh.read().decode(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join("  " + line[:400] for line in text.strip().splitlines()[-lines:])
+
+
+async def wait_for_dev_server(
+    settings: Settings, server: subprocess.Popen[bytes], log_offset: int = 0
+) -> Client:
+    """Connect to the dev server just started; stop at once if it exits meanwhile (a port
+    taken after all, a database it cannot open), naming its ports and its last words."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DEV_SERVER_START_S
+    host, port = dev_server_host_port(settings)
+    log_path = settings.state_dir / "temporal.log"
+    while True:
+        if server.poll() is not None:
+            tail = _log_tail(log_path, log_offset)
+            raise SystemExit(
+                f"scaleflow: the Temporal dev server exited (code {server.returncode}) before "
+                f"it answered on {host}:{port} (port {port}; UI port "
+                f"{settings.temporal_ui_port}). From {log_path}:\n{tail or '  (nothing)'}"
+            )
+        try:
+            return await connect(settings)
+        except RuntimeError as exc:
+            if loop.time() >= deadline:
+                raise SystemExit(
+                    f"scaleflow: the Temporal dev server did not answer on {host}:{port} "
+                    f"(port {port}) within {DEV_SERVER_START_S:g}s: {exc}; see {log_path}"
+                ) from None
+        await asyncio.sleep(0.25)
 
 
 def start_own_dev_server(settings: Settings) -> subprocess.Popen[bytes]:
@@ -212,8 +319,10 @@ async def _run_dev(settings: Settings) -> None:
         revived = proxies.revive_all()
         if revived:
             log.info("restarted %d recorded redis proxies", len(revived))
+        log_path = settings.state_dir / "temporal.log"
+        log_offset = log_path.stat().st_size if log_path.exists() else 0
         server = start_own_dev_server(settings)
-        client = await connect(settings, attempts=240, delay_s=0.25)
+        client = await wait_for_dev_server(settings, server, log_offset)
         log.info(
             "temporal dev server at %s, UI at http://127.0.0.1:%d",
             settings.temporal_address,
