@@ -1,6 +1,6 @@
 # The scaleflow image: the `scaleflow` console script (worker, api, ...) and the
 # memcached binary the `local` provider spawns nodes with. docker-compose.yml runs
-# it twice: `scaleflow worker` and `scaleflow api`.
+# it as `scaleflow worker`, as `scaleflow api` and as the one-shot default-pool job.
 FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -26,5 +26,6 @@ ENV SCALEFLOW_STATE_DIR=/var/lib/scaleflow
 USER scaleflow
 WORKDIR /var/lib/scaleflow
 
-EXPOSE 8000
+# The API; the worker's SDK metrics when SCALEFLOW_WORKER_METRICS_PORT=9464 (compose).
+EXPOSE 8000 9464
 CMD ["scaleflow", "worker"]

@@ -23,10 +23,17 @@ class Settings(BaseSettings):
     # SecretStr, so that the settings never print it; blank counts as unset.
     api_token: SecretStr | None = None
     api_read_token_required: bool = False
+    # Where the `scaleflow` verbs send their calls; unset: this machine's API
+    # (http://api_host:api_port, a wildcard bind address read as loopback).
+    api_url: str | None = None
 
     state_dir: Path = Path("var")
     memcached_bin: str = "memcached"
+    # The address local memcached nodes bind to (0.0.0.0: every address) ...
     memcached_host: str = "127.0.0.1"
+    # ... and the name clients reach them by, recorded in node addresses; unset: the
+    # bind address. A container binds 0.0.0.0 and advertises its service name.
+    memcached_advertise_host: str | None = None
 
     nomad_address: str = "http://127.0.0.1:4646"
     nomad_token: str | None = None
@@ -73,6 +80,19 @@ class Settings(BaseSettings):
         # surrounding blanks (a trailing newline from a secrets file) are no part of it.
         token = value.get_secret_value().strip() if value is not None else ""
         return SecretStr(token) if token else None
+
+    @property
+    def client_api_url(self) -> str:
+        """The API's base URL as a client reaches it: ``api_url``, else the bind address."""
+        if self.api_url and self.api_url.strip():
+            return self.api_url.strip().rstrip("/")
+        # Bound to every address: this machine reaches it on loopback.
+        host = {"0.0.0.0": "127.0.0.1", "::": "[::1]", "": "127.0.0.1"}.get(
+            self.api_host, self.api_host
+        )
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"  # a bare IPv6 address in a URL
+        return f"http://{host}:{self.api_port}"
 
     @property
     def nodes_dir(self) -> Path:

@@ -354,3 +354,26 @@ def test_a_binary_that_exits_fails_retryably(harness: Harness, settings: Setting
     assert rec is not None and rec.pid is None
     harness.ports.add(rec.port)
     harness.finish()
+
+
+def test_a_node_binds_every_address_and_advertises_its_name(
+    settings: Settings, memcached_bin: str
+) -> None:
+    # As in a container: bind 0.0.0.0, record the name other containers resolve.
+    name = socket.gethostname()
+    harness = Harness(
+        settings.model_copy(update={"memcached_host": "0.0.0.0", "memcached_advertise_host": name})
+    )
+    try:
+        node = harness.provision("n1").node
+        assert node.address is not None and node.address == f"{name}:{harness.record('n1').port}"
+        assert "-l" in (args := processes.cmdline(harness.record("n1").pid or 0))
+        assert args[args.index("-l") + 1] == "0.0.0.0"
+        # Reachable by the advertised name and on loopback alike.
+        assert answers(node.address)
+        assert answers(f"127.0.0.1:{port_of(node.address)}")
+        # Restarted idempotently: the same record, still advertised by name.
+        assert harness.provision("n1").node.address == node.address
+        harness.finish()
+    finally:
+        harness.cleanup()

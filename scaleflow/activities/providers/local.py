@@ -32,6 +32,8 @@ class LocalNodeRecord(BaseModel):
     node_id: str
     pool: str
     host: str
+    # The name in the node's address when it differs from the bind address.
+    advertise_host: str | None = None
     port: int
     pid: int | None = None
     capacity_mb: int
@@ -40,7 +42,7 @@ class LocalNodeRecord(BaseModel):
 
     @property
     def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        return f"{self.advertise_host or self.host}:{self.port}"
 
 
 class LocalProvider:
@@ -50,6 +52,8 @@ class LocalProvider:
         self.dir = settings.nodes_dir
         self.bin = settings.memcached_bin
         self.host = settings.memcached_host
+        advertise = (settings.memcached_advertise_host or "").strip()
+        self.advertise_host = advertise if advertise and advertise != self.host else None
 
     # ---- records ------------------------------------------------------------
 
@@ -139,6 +143,7 @@ class LocalProvider:
                 node_id=req.node_id,
                 pool=req.pool,
                 host=self.host,
+                advertise_host=self.advertise_host,
                 port=processes.free_port(self.host),
                 capacity_mb=req.config.capacity_mb,
                 # -M: return errors when memory is full instead of evicting.
