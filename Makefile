@@ -2,7 +2,7 @@
 #
 # Each goes in this order, so that apt comes before the long pip step:
 #   1. system-deps  Debian packages (memcached, redis, python3.X-venv if PYTHON lacks it;
-#                   chromium too for `make test`), installed only when missing;
+#                   chromium and tmux too for `make test`), installed only when missing;
 #   2. venv         the venv, made or mended if an earlier run left it half-made;
 #   3. a stamp      `make run`: the package alone (`pip install -e .`);
 #                   `make test`: the package with its test tools (`.[dev]`).

@@ -1,64 +1,76 @@
-"""The ``scaleflow`` command: the embedded stack, its parts, and operator verbs."""
+"""The ``scaleflow`` command: the embedded stack, its parts, and operator verbs.
+
+The verbs (``scale``, ``status``, ``pool``, ``policy``, ``compute``, ``service``,
+``cache``, ``cluster``, ...) call the API at ``--api-url``, else ``SCALEFLOW_API_URL``,
+else ``http://SCALEFLOW_API_HOST:SCALEFLOW_API_PORT``, with ``SCALEFLOW_API_TOKEN`` as
+a bearer token; they live in ``cli_verbs``.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 from pathlib import Path
-
-import httpx
-import uvicorn
 
 from scaleflow.api.auth import auth_headers, check_bind
 from scaleflow.core.settings import Settings
 from scaleflow.logs import setup_logging
 
 
-def _api_url(settings: Settings) -> str:
-    return f"http://{settings.api_host}:{settings.api_port}"
+def build_parser() -> argparse.ArgumentParser:
+    from scaleflow.cli_verbs import add_verbs
 
-
-def _call(settings: Settings, method: str, path: str) -> int:
-    try:
-        # The token (SCALEFLOW_API_TOKEN) as a bearer header; never printed.
-        headers = auth_headers(settings)
-        resp = httpx.request(method, _api_url(settings) + path, headers=headers, timeout=30)
-    except httpx.HTTPError as exc:
-        print(f"scaleflow: cannot reach the API at {_api_url(settings)}: {exc}", file=sys.stderr)
-        return 2
-    try:
-        print(json.dumps(resp.json(), indent=2))
-    except ValueError:
-        print(resp.text)
-    return 0 if resp.is_success else 1
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="scaleflow", description=__doc__)
+    api_url_help = "the API's base URL (default: SCALEFLOW_API_URL, else http://API_HOST:API_PORT)"
+    parser = argparse.ArgumentParser(
+        prog="scaleflow",
+        description="scaleflow: the embedded stack (dev, worker, api, connector) and "
+        "operator verbs that call the API with SCALEFLOW_API_TOKEN as a bearer token.",
+    )
+    parser.add_argument("--api-url", default=None, help=api_url_help)
+    # The same flag after the verb (``scaleflow scale out web --api-url ...``); SUPPRESS
+    # keeps the verb's parser from overwriting the one given before it.
+    api_options = argparse.ArgumentParser(add_help=False)
+    api_options.add_argument("--api-url", default=argparse.SUPPRESS, help=api_url_help)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("dev", help="run the dev server, a worker, the API and the default pool")
     sub.add_parser("worker", help="run a worker against SCALEFLOW_TEMPORAL_ADDRESS")
     sub.add_parser("api", help="serve the HTTP API")
-    sub.add_parser("pools", help="list pools (through the API)")
-    scale = sub.add_parser("scale", help="scale a pool out or in (through the API)")
-    scale.add_argument("direction", choices=["out", "in"])
-    scale.add_argument("pool")
-    status = sub.add_parser("status", help="show scaling events (through the API)")
-    status.add_argument("id", nargs="?")
-    cancel = sub.add_parser("cancel", help="cancel a running operation (through the API)")
-    cancel.add_argument("id")
+    add_verbs(sub, api_options)
     connector = sub.add_parser("connector", help="run the reference genisys connector")
     connector.add_argument("--provider", choices=["local", "aws-ec2"], default="local")
     connector.add_argument("--host", default="127.0.0.1")
     connector.add_argument("--port", type=int, default=7051)
     connector.add_argument("--services", type=Path, help="services file (.toml or .json)")
     connector.add_argument("--state-dir", type=Path, help="default: SCALEFLOW_STATE_DIR")
-    args = parser.parse_args(argv)
+    return parser
 
+
+def run_verb(args: argparse.Namespace, settings: Settings) -> int:
+    from rich.console import Console
+
+    from scaleflow import cli_verbs
+    from scaleflow.cli_http import ApiClient
+    from scaleflow.cli_output import default_format
+
+    url = args.api_url or settings.client_api_url
+    # The token (SCALEFLOW_API_TOKEN) as a bearer header on every call; never printed.
+    with ApiClient(url, auth_headers(settings)) as api:
+        ctx = cli_verbs.Context(
+            api=api,
+            console=Console(highlight=False),
+            err=Console(stderr=True, highlight=False),
+            fmt=getattr(args, "output", None) or default_format(),
+        )
+        return cli_verbs.run_verb(args.verb, ctx, args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     settings = Settings()
     setup_logging(settings.log_level)
+    if getattr(args, "verb", None) is not None:
+        return run_verb(args, settings)
     if args.command == "dev":
         from scaleflow.stack import run_dev
 
@@ -73,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(run(settings))
         return 0
     if args.command == "api":
+        import uvicorn
+
         from scaleflow.api.app import create_app
 
         check_bind(settings)  # before anything listens
@@ -81,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
     if args.command == "connector":
+        import uvicorn
+
         from scaleflow.connector.app import build_connector_app
 
         try:
@@ -97,15 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         uvicorn.run(app, host=args.host, port=args.port, log_config=None)
         return 0
-    if args.command == "pools":
-        return _call(settings, "GET", "/v1/pools")
-    if args.command == "scale":
-        return _call(settings, "POST", f"/v1/scale/{args.direction}/{args.pool}")
-    if args.command == "status":
-        return _call(settings, "GET", "/v1/scale/status" + (f"/{args.id}" if args.id else ""))
-    if args.command == "cancel":
-        return _call(settings, "DELETE", f"/v1/scale/status/{args.id}")
-    parser.error(f"unknown command {args.command}")
+    build_parser().error(f"unknown command {args.command}")
     return 2
 
 

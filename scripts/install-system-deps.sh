@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the stack runs for real (memcached; redis-server
-# and redis-tools for the broker's clusters; chromium for the dashboard test), and,
+# and redis-tools for the broker's clusters; chromium and tmux for the dashboard and
+# CLI tests), and,
 # with `--python PY`, what PY needs to make a venv (Debian splits `ensurepip` off
 # into python3.X-venv). One apt-get run, before any pip step.
 # Says what to do when it cannot install them itself.
@@ -30,9 +31,11 @@ need=()
 command -v memcached >/dev/null 2>&1 || need+=(memcached)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
-# Only the test suite needs a browser (the dashboard test): `--with-browser`.
+# Only the test suite needs a browser (the dashboard test) and a terminal
+# multiplexer (the CLI's live view): `--with-browser`.
 if [ "$browser" = 1 ]; then
   command -v chromium >/dev/null 2>&1 || need+=(chromium)
+  command -v tmux >/dev/null 2>&1 || need+=(tmux)
 fi
 
 # What `$python -m venv` needs. Written for any interpreter: a Debian python3.X gets

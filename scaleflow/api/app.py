@@ -12,7 +12,15 @@ from temporalio.client import Client
 
 from scaleflow.api import auth, computes_file, errors, limits, metrics
 from scaleflow.api.events import EventStore
-from scaleflow.api.routes import broker, chemtrail, dashboard, genisys, memcache, pools
+from scaleflow.api.routes import (
+    broker,
+    chemtrail,
+    dashboard,
+    genisys,
+    memcache,
+    pools,
+    progress,
+)
 from scaleflow.core.settings import Settings
 from scaleflow.temporal import connect
 
@@ -68,6 +76,7 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
     auth.install(app, settings)
     app.include_router(chemtrail.router)
     app.include_router(pools.router)
+    app.include_router(progress.router)
     app.include_router(genisys.router)
     app.include_router(memcache.router)
     app.include_router(broker.router)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from scaleflow.core.models import ActivityReport
+from scaleflow.core.models import ActivityReport, OperationStatus
 from scaleflow.core.slots import Move, SlotMap
 
 
@@ -53,3 +53,28 @@ class MigrationResult(BaseModel):
     slot_map: SlotMap
     moved: list[Move]
     keys: int
+
+
+class SlotMigrationProgress(BaseModel):
+    """What ``SlotMigrationWorkflow.progress`` answers: the moves finished so far."""
+
+    slots_done: int = 0
+    slots_total: int = 0
+    keys_moved: int = 0
+    moves_done: int = 0
+    moves_total: int = 0
+
+
+class OperationProgress(BaseModel):
+    """``GET /v1/scale/progress/{id}``: an operation's slot migrations, summed.
+
+    ``status`` is the one ``GET /v1/scale/status/{id}`` reads; ``migrations`` names
+    the migration children counted (an operation may run one, none, or, compensating,
+    a second that moves the slots back)."""
+
+    status: OperationStatus
+    slots_done: int
+    slots_total: int
+    keys_moved: int
+    details: str
+    migrations: list[str] = Field(default_factory=list)

@@ -23,6 +23,7 @@ with workflow.unsafe.imports_passed_through():
         MigrationInput,
         MigrationResult,
         PurgeInput,
+        SlotMigrationProgress,
     )
     from scaleflow.core.models import ActivityReport
     from scaleflow.core.slots import Move, SlotMap
@@ -40,15 +41,28 @@ class SlotMigrationWorkflow:
     def __init__(self) -> None:
         self.map = SlotMap()
         self.done: list[Move] = []
+        self.moves: list[Move] = []
         self.keys = 0
 
     @workflow.query
     def current(self) -> SlotMap:
         return self.map
 
+    @workflow.query
+    def progress(self) -> SlotMigrationProgress:
+        """The moves finished so far (what ``set_current_details`` says, as numbers)."""
+        return SlotMigrationProgress(
+            slots_done=sum(m.size for m in self.done),
+            slots_total=sum(m.size for m in self.moves),
+            keys_moved=self.keys,
+            moves_done=len(self.done),
+            moves_total=len(self.moves),
+        )
+
     @workflow.run
     async def run(self, inp: MigrationInput) -> MigrationResult:
         self.map = inp.slot_map
+        self.moves = list(inp.moves)
         pending = list(inp.moves)
         active: dict[asyncio.Task[None], Move] = {}
         cancelled = False

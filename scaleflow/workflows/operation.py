@@ -43,12 +43,20 @@ class OperationBase:
         self._snapshot: PoolSnapshot | None = None
         self.map = SlotMap()
         self._migrations = 0
+        # The ids of the migration children started so far, for the ``migrations`` query.
+        self._migration_ids: list[str] = []
         # Compensating, or past the point of no return: a cancel no longer stops the work.
         self._committed = False
 
     @workflow.signal
     def go(self, snapshot: PoolSnapshot) -> None:
         self._snapshot = snapshot
+
+    @workflow.query
+    def migrations(self) -> list[str]:
+        """The ids of this operation's slot-migration children, oldest first (one may
+        not have started yet: its id is recorded just before the start)."""
+        return list(self._migration_ids)
 
     @workflow.signal(name=MAP_SIGNAL)
     def slot_map_changed(self, slot_map: SlotMap) -> None:
@@ -157,6 +165,7 @@ class OperationBase:
             notify=[*notify, workflow.info().workflow_id],
         )
         child_id = f"{inp.op_id}-migration-{self._migrations}"
+        self._migration_ids.append(child_id)
         result: MigrationResult
         if workflow.patched(MIGRATION_WAITED):
             result = await self._run_migration(arg, child_id)
