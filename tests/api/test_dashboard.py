@@ -5,6 +5,7 @@ API returns, and the screenshot is a real picture."""
 from __future__ import annotations
 
 import asyncio
+import json
 import struct
 import time
 import uuid
@@ -15,6 +16,9 @@ from typing import Any
 
 from pymemcache.client.base import Client as Memcache
 
+from scaleflow.api.app import create_app
+from scaleflow.api.dashboard_page import render
+from scaleflow.core.settings import Settings
 from tests.e2e.stack import Stack
 
 SERIES = (
@@ -66,6 +70,16 @@ class Polylines(HTMLParser):
         if tag == "polyline" and found.get("data-series"):
             pairs = (p.split(",") for p in (found.get("points") or "").split())
             self.lines[str(found["data-series"])] = [(float(x), float(y)) for x, y in pairs]
+
+
+# The only URLs in the page: the SVG namespace, and the Temporal UI links it builds.
+KNOWN_URLS = ("http://www.w3.org/2000/svg", "`http://${location.hostname}:")
+
+
+def self_contained(text: str) -> bool:
+    for known in KNOWN_URLS:
+        text = text.replace(known, "")
+    return not any(s in text for s in ("http://", "https://", " src=", "<link", "@import"))
 
 
 def check_series(key: str, values: list[float], points: list[tuple[float, float]]) -> None:
@@ -154,9 +168,7 @@ async def test_dashboard_renders_the_api_figures(st: Stack, chromium: str, tmp_p
     url = f"{st.http.base_url}".rstrip("/") + "/dashboard"
     page = await st.http.get("/dashboard")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
-    assert "<script" in page.text and "http://" not in page.text.replace(
-        "http://www.w3.org/2000/svg", ""
-    ), "the page must be self-contained"
+    assert "<script" in page.text and self_contained(page.text), "the page must be self-contained"
     root = await st.http.get("/")
     assert root.status_code == 200 and root.text == page.text
 
@@ -190,3 +202,29 @@ async def test_dashboard_renders_the_api_figures(st: Stack, chromium: str, tmp_p
     assert png_size(data) == (1280, 1600)
     assert len(data) > 20_000, len(data)
     assert len(set(png_pixels(data))) > 32  # not a blank page
+
+
+def test_the_dashboard_is_not_in_the_openapi_schema(tmp_path: Path) -> None:
+    app = create_app(Settings(state_dir=tmp_path / "state"))
+    paths = set(app.openapi()["paths"])
+    assert paths and "/v1/pools" in paths
+    assert not [p for p in paths if p == "/" or p.startswith("/dashboard")], paths
+
+
+def test_the_page_carries_its_settings_safely(tmp_path: Path) -> None:
+    """The pool, namespace and UI port reach the page as JSON that cannot end its script."""
+    settings = Settings(
+        state_dir=tmp_path / "state",
+        default_pool_name="</script><b>x",
+        temporal_namespace="team-a",
+        temporal_ui_port=18233,
+    )
+    page = render(settings)
+    line = next(x for x in page.splitlines() if x.startswith("const CONFIG = "))
+    config = json.loads(line.removeprefix("const CONFIG = ").removesuffix(";"))
+    assert config == {
+        "default_pool": "</script><b>x",
+        "namespace": "team-a",
+        "temporal_ui_port": 18233,
+    }
+    assert page.count("</script>") == 1
