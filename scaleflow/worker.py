@@ -26,6 +26,7 @@ from scaleflow.activities.data_clear import DataClearActivities
 from scaleflow.activities.engines import EngineActivities
 from scaleflow.activities.migration import MigrationActivities
 from scaleflow.activities.nodes import NodeActivities
+from scaleflow.activities.readings.sources import ReadingActivities
 from scaleflow.activities.redis_cluster import RedisClusterActivities
 from scaleflow.activities.redis_proxies import RedisProxyActivities
 from scaleflow.activities.stats import StatsActivities
@@ -63,6 +64,7 @@ def activities(settings: Settings) -> list[object]:
     engines = EngineActivities(settings)
     migration = MigrationActivities()
     clear = DataClearActivities(settings)
+    readings = ReadingActivities(settings)
     redis = RedisClusterActivities(settings)
     proxies = RedisProxyActivities(settings)
     return [
@@ -75,6 +77,8 @@ def activities(settings: Settings) -> list[object]:
         migration.migrate_range,
         migration.purge_range,
         StatsActivities(settings).pool_stats,
+        readings.nomad_allocation,
+        readings.prometheus_query,
         clear.flush_cache,
         clear.empty_bucket,
         clear.truncate_tables,

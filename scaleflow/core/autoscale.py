@@ -3,8 +3,9 @@
 Rule (the auto-scaler seed): above ``max_miss_rate_threshold`` the pool grows to
 ``clip(round(size * expand_ratio), min, max)``; below ``min_miss_rate_threshold``
 it shrinks to ``clip(round(size * shrink_ratio), min, max)``. Options: a cooldown
-after a resize, a number of consecutive readings on the same side, and skipping a
-reading identical to the previous one (the original did, against CloudWatch lag).
+after a resize (one for each direction, if set), a number of consecutive readings on
+the same side, and skipping a reading identical to the previous one (the original did,
+against CloudWatch lag).
 """
 
 from __future__ import annotations
@@ -22,10 +23,20 @@ class AutoscalerConfig(BaseModel):
     auto_mode: bool = False
     interval_s: float = Field(default=60.0, ge=1, le=86_400)
     cooldown_s: float = Field(default=0.0, ge=0, le=86_400)
+    # A cooldown per direction, each counted from the last resize; unset: cooldown_s.
+    cooldown_out_s: float | None = Field(default=None, ge=0, le=86_400)
+    cooldown_in_s: float | None = Field(default=None, ge=0, le=86_400)
     consecutive: int = Field(default=1, ge=1, le=100)
     skip_identical: bool = True
     # Read the miss rate from CloudWatch (and publish the nodes' figures there).
     cloudwatch: bool = False
+    # Decide and record, but queue nothing.
+    dry_run: bool = False
+
+    def cooldown(self, side: str) -> float:
+        """The cooldown before a resize to ``side`` ("expand" or "shrink")."""
+        own = self.cooldown_out_s if side == "expand" else self.cooldown_in_s
+        return self.cooldown_s if own is None else own
 
     @model_validator(mode="after")
     def _thresholds(self) -> AutoscalerConfig:
@@ -130,7 +141,8 @@ def decide(
         )
     if target == size:
         return Decision(size=None, reason=f"{rule}: already {size}", state=st)
-    if st.last_resize is not None and now < st.last_resize + timedelta(seconds=cfg.cooldown_s):
+    wait = timedelta(seconds=cfg.cooldown(side))
+    if st.last_resize is not None and now < st.last_resize + wait:
         return Decision(size=None, reason=f"{rule}; in cooldown", state=st)
     st.last_resize, st.streak = now, 0
     return Decision(size=target, reason=rule, state=st)

@@ -10,6 +10,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from scaleflow.core.autoscale import AutoscalerConfig, AutoscalerState, NodeCounters, StatsSample
+from scaleflow.core.autoscaling.decision import DecisionRecord, StrategyState
+from scaleflow.core.autoscaling.policy_settings import AutoscalingSettings, Check
 from scaleflow.core.slots import SlotMap
 
 NAME_RE = re.compile(r"^[A-Za-z0-9@._-]{1,64}$")
@@ -62,14 +64,6 @@ class Node(BaseModel):
     attributes: dict[str, str] = Field(default_factory=dict)
 
 
-class Check(BaseModel):
-    enabled: bool = True
-    resource: Literal["cpu", "memory"]
-    comparison_operator: Literal["greater-than", "less-than"]
-    comparison_percentage: float = Field(ge=0, le=100)
-    action: Literal["scale-in", "scale-out"]
-
-
 class PoolConfig(BaseModel):
     name: str
     enabled: bool = True
@@ -95,6 +89,8 @@ class PoolConfig(BaseModel):
     # Caps a migration's copy (and purge) so that clients keep most of the CPU and
     # network while a pool resizes; each key counts as at least 1 KiB; 0: no cap.
     migration_rate_mb_s: float = Field(default=0.0, ge=0, le=100_000)
+    # The policy's own autoscaler (checks or a target value over a metric source).
+    autoscaling: AutoscalingSettings = Field(default_factory=AutoscalingSettings)
 
     @field_validator("name")
     @classmethod
@@ -236,6 +232,9 @@ class PoolInit(BaseModel):
     autoscaler_state: AutoscalerState = Field(default_factory=AutoscalerState)
     stats: list[StatsSample] = Field(default_factory=list)
     counters: dict[str, NodeCounters] = Field(default_factory=dict)
+    # The policy autoscaler's state and the last decisions of either autoscaler.
+    strategy_state: StrategyState = Field(default_factory=StrategyState)
+    decisions: list[DecisionRecord] = Field(default_factory=list)
 
 
 class PoolView(BaseModel):

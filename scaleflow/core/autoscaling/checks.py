@@ -10,7 +10,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable
 from datetime import datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, Field
 
@@ -22,8 +22,11 @@ from scaleflow.core.autoscaling.decision import (
     StrategyState,
 )
 from scaleflow.core.autoscaling.gate import settle
+from scaleflow.core.autoscaling.policy_settings import Check
 from scaleflow.core.autoscaling.readings import Reading, latest
-from scaleflow.core.models import Check, PoolConfig
+
+if TYPE_CHECKING:
+    from scaleflow.core.models import PoolConfig
 
 OPERATORS: dict[str, tuple[str, Callable[[float, float], bool]]] = {
     "greater-than": (">", operator.gt),

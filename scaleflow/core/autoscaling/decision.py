@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
 from scaleflow.core.autoscaling.readings import Reading
-from scaleflow.core.models import PoolConfig
+
+if TYPE_CHECKING:  # core.models holds the pool's decisions: no import at run time
+    from scaleflow.core.models import PoolConfig
 
 
 class ScaleDirection(StrEnum):
@@ -89,3 +91,23 @@ class Proposal(BaseModel):
     target: int
     text: str
     readings: list[Reading] = Field(default_factory=list)
+
+
+class DecisionRecord(BaseModel):
+    """One round of a pool's autoscaler, as ``GET /v1/pools/{name}/decisions`` lists it."""
+
+    at: datetime
+    rule: str
+    # "cpu 83.0%, memory 41.2%": what was read (and from where).
+    reading: str
+    source: str
+    # The rule's answer: what it asked for and, if held, why.
+    result: str
+    direction: ScaleDirection
+    count: int
+    # The count the rule settled on; None when it stays.
+    new_count: int | None = None
+    # Queued as an operation (not held, not a dry run, not skipped).
+    acted: bool = False
+    dry_run: bool = False
+    operation: str | None = None

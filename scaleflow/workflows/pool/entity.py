@@ -34,6 +34,7 @@ from scaleflow.workflows.scale_out import ScaleOutWorkflow
 
 with workflow.unsafe.imports_passed_through():
     from scaleflow.core.autoscale import AutoscalerConfig, StatsSample
+    from scaleflow.core.autoscaling.decision import DecisionRecord
     from scaleflow.core.errors import ErrorKind
     from scaleflow.core.models import (
         DIRECTIONS,
@@ -46,6 +47,7 @@ with workflow.unsafe.imports_passed_through():
         OperationRequest,
         OperationResult,
         PolicyChange,
+        PoolConfig,
         PoolInit,
         PoolView,
         ProviderName,
@@ -80,6 +82,8 @@ class PoolWorkflow:
             state=init.autoscaler_state,
             samples=list(init.stats),
             counters=dict(init.counters),
+            strategy_state=init.strategy_state,
+            decisions=list(init.decisions),
         )
         self.sync_needed = init.sync_membership
         self.top_up_failures = 0
@@ -97,7 +101,9 @@ class PoolWorkflow:
         self.ops.allow_parallel = workflow.patched(PARALLEL_SCALE_OUTS)
         # Statistics keep time while operations run; they only collect readings.
         self._reader = asyncio.create_task(
-            self.statistics.run(self.name, self.members.ready, self._reading_active)
+            self.statistics.run(
+                self.name, self.members.ready, self._reading_active, self._autoscaling
+            )
         )
         while True:
             # The timeout wakes a pool below its minimum once its backoff is over.
@@ -158,6 +164,12 @@ class PoolWorkflow:
     def _reading_active(self) -> bool:
         return self.config.engine == Engine.MEMCACHED and not self._may_end()
 
+    def _autoscaling(self) -> PoolConfig | None:
+        """The configuration, when its own autoscaler is on and may run now."""
+        cfg = self.config
+        on = self.has_policy and cfg.enabled and cfg.autoscaling.enabled
+        return cfg if on and not self._may_end() else None
+
     def _take_readings(self) -> list[Reading]:
         taken, self.statistics.readings = self.statistics.readings, []
         return taken
@@ -174,6 +186,8 @@ class PoolWorkflow:
             autoscaler_state=self.statistics.state,
             stats=self.statistics.samples,
             counters=self.statistics.counters,
+            strategy_state=self.statistics.strategy_state,
+            decisions=self.statistics.decisions,
         )
 
     async def _start(self, entry: Entry, given: bool) -> workflow.ChildWorkflowHandle[Any, Any]:
@@ -241,14 +255,22 @@ class PoolWorkflow:
         if not reading.forced and not self.has_policy:
             return
         size = self._projected()
-        decision = self.statistics.decide(
-            reading, size, not self.ops.idle(), self.config.min_count, self.config.max_count
+        decision = self.statistics.decide(reading, size, not self.ops.idle(), self.config)
+        op_id: str | None = None
+        if decision.acted and decision.count is not None:
+            # The operation's first event: the source, the reading and the rule.
+            reason = f"autoscaler: {decision.reason}"
+            if reading.source is not None:
+                reason += f" (read from {reading.source_name})"
+            kind = OperationKind.SCALE_OUT if decision.count > size else OperationKind.SCALE_IN
+            op_id = str(workflow.uuid4())
+            self._enqueue(kind, abs(decision.count - size), reason, op_id)
+        dry_run = (
+            self.config.autoscaling.dry_run
+            if reading.source is not None
+            else self.statistics.config.dry_run
         )
-        if decision.size is None:
-            return
-        reason = f"autoscaler: {decision.reason}"
-        kind = OperationKind.SCALE_OUT if decision.size > size else OperationKind.SCALE_IN
-        self._enqueue(kind, abs(decision.size - size), reason, str(workflow.uuid4()))
+        self.statistics.record(reading, decision, size, dry_run, op_id)
 
     @workflow.update
     def set_autoscaler(self, cfg: AutoscalerConfig) -> PoolView:
@@ -273,6 +295,11 @@ class PoolWorkflow:
     @workflow.query
     def stats(self) -> list[StatsSample]:
         return self.statistics.samples
+
+    @workflow.query
+    def decisions(self) -> list[DecisionRecord]:
+        """The autoscaler's last 100 decisions, oldest first."""
+        return self.statistics.decisions
 
     # ---- membership ---------------------------------------------------------
 
