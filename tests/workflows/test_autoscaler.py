@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from temporalio.worker import Worker
 
-from scaleflow.core.autoscale import AutoscalerConfig
+from scaleflow.core.autoscale import AutoscalerConfig, AutoscalerState, decide
 from scaleflow.core.models import PoolView
 from scaleflow.worker import WORKFLOWS
 from scaleflow.workflows.pool import PoolWorkflow
@@ -90,3 +90,49 @@ async def test_a_day_of_autoscaling_follows_the_rule() -> None:
     assert all(1 <= n <= 8 for n in day.observed)
     assert len(set(day.observed)) >= 4, "the curve drove the pool through several sizes"
     assert day.final.autoscaler.auto_mode
+
+
+async def test_the_miss_rate_rule_keeps_a_cooldown_per_direction_and_a_dry_run() -> None:
+    async with await time_skipping_env() as env:
+        fake = FakeCloud(addressless=True)
+        async with Worker(
+            env.client, task_queue="dirs", workflows=WORKFLOWS, activities=fake.activities()
+        ):
+            pool = await start_pool(env.client, "dirs", min_count=1, max_count=8, provider="no-op")
+            await settle(pool, env.client, 1)
+            # Growing may follow any resize at once; shrinking waits 10 minutes.
+            cfg = AutoscalerConfig(cooldown_s=0, cooldown_out_s=0, cooldown_in_s=600)
+            await pool.execute_update(PoolWorkflow.set_autoscaler, cfg)
+
+            # Forced readings ignore cooldowns, so these go through the main loop's
+            # rule as the reading loop's would: drive state through the rule directly.
+            state = AutoscalerState()
+            now = datetime(2024, 1, 1, tzinfo=UTC)
+            grown = decide(2, 0.9, cfg, state, now, 1, 8)
+            assert grown.size == 3
+            shrink = decide(3, 0.1, cfg, grown.state, now + timedelta(seconds=60), 1, 8)
+            assert shrink.size is None and shrink.reason.endswith("in cooldown")
+            regrow = decide(3, 0.95, cfg, grown.state, now + timedelta(seconds=60), 1, 8)
+            assert regrow.size == 4
+            later = decide(3, 0.1, cfg, grown.state, now + timedelta(seconds=600), 1, 8)
+            assert later.size == 2
+
+            # Dry run: the rule answers, the decision is recorded, nothing is queued.
+            dry = cfg.model_copy(update={"dry_run": True})
+            await pool.execute_update(PoolWorkflow.set_autoscaler, dry)
+            answer = await pool.execute_update(PoolWorkflow.evaluate, 0.9)
+            assert answer.endswith("; dry run: not queued") and not answer.startswith("autoscaler")
+            view = await settle(pool, env.client, 1)
+            assert view.queue == [] and len(fake.provisioned) == 1
+            (record,) = await pool.query(PoolWorkflow.decisions)
+            assert record.dry_run and not record.acted and record.new_count == 2
+            assert record.rule == "threshold/miss-rate" and record.reading == "miss rate 0.900"
+
+            # Live again: the same reading grows the pool, and says it did.
+            await pool.execute_update(PoolWorkflow.set_autoscaler, cfg)
+            answer = await pool.execute_update(PoolWorkflow.evaluate, 0.9)
+            assert answer.startswith("autoscaler: miss rate 0.900 > max 0.6")
+            await settle(pool, env.client, 2)
+            last = (await pool.query(PoolWorkflow.decisions))[-1]
+            assert last.acted and last.operation and not last.dry_run
+            await pool.terminate("test finished")

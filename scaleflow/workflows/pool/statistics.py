@@ -107,7 +107,7 @@ class Statistics:
             try:
                 sample = await self._read(pool, members()) if stats_on else None
                 if auto is not None:
-                    self.readings.append(await self._read_source(auto, members()))
+                    self.readings.append(await self._read_source(auto))
             finally:
                 self.sampling = False
             if sample is not None and self.config.auto_mode and auto is None:
@@ -116,11 +116,12 @@ class Statistics:
                     Reading(sample.miss_rate if rate is None else rate, sample=sample)
                 )
 
-    async def _read_source(self, cfg: PoolConfig, members: list[Node]) -> Reading:
+    async def _read_source(self, cfg: PoolConfig) -> Reading:
         auto = cfg.autoscaling
         arg: NomadAllocationInput | PrometheusQueryInput
         if auto.source == "nomad":
-            name, arg = "read_nomad_allocation", NomadAllocationInput.for_pool(cfg, members)
+            # As Chemtrail: the policy is its node class's, so every node of the class counts.
+            name, arg = "read_nomad_allocation", NomadAllocationInput.for_pool(cfg, [])
         else:
             assert auto.query is not None  # the settings require it
             name = "read_prometheus_query"
@@ -302,7 +303,8 @@ class Statistics:
         operation: str | None,
     ) -> None:
         """Keep the decision for ``GET /v1/pools/{name}/decisions`` (the last 100)."""
-        readings = decision.readings or (reading.source.readings if reading.source else [])
+        # All the round read, not only what the rule used.
+        readings = reading.source.readings if reading.source else decision.readings
         text = ", ".join(r.text for r in readings) or (
             "no readings" if reading.source is not None else f"miss rate {reading.miss_rate:.3f}"
         )
