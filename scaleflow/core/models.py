@@ -26,7 +26,8 @@ def pool_workflow_id(name: str) -> str:
 
 
 def valid_name(name: str) -> bool:
-    return bool(NAME_RE.match(name))
+    # fullmatch: "$" alone would let a trailing newline through.
+    return bool(NAME_RE.fullmatch(name))
 
 
 class NodeState(StrEnum):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError
+from temporalio.exceptions import ActivityError, ApplicationError
 
 from scaleflow.workflows import options
 
@@ -140,8 +140,8 @@ class Statistics:
                 summary=f"read {auto.source} for pool {cfg.name}",
                 **options.quick(attempts=3),
             )
-        except ActivityError as exc:
-            cause = exc.cause.message if exc.cause else str(exc)
+        except (ActivityError, ApplicationError) as exc:
+            cause = exc.cause.message if isinstance(exc, ActivityError) and exc.cause else str(exc)
             workflow.logger.warning("pool %s: could not read %s", cfg.name, auto.source)
             return Reading(0.0, source=Readings(), source_name=f"{auto.source} ({cause})", ok=False)
         return Reading(0.0, source=got, source_name=auto.source)
@@ -162,7 +162,9 @@ class Statistics:
                 summary=f"read the statistics of {len(members)} nodes",
                 **options.quick(attempts=3),
             )
-        except ActivityError:
+        except (ActivityError, ApplicationError):
+            # A local activity the worker cannot run fails as a bare ApplicationError;
+            # either way the loop must live on to the next round.
             workflow.logger.warning("pool %s: could not read statistics", pool)
             return None
         self.counters = got.counters
