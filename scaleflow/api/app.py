@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 
 from fastapi import FastAPI, Request, Response
+from pydantic import BaseModel
 from temporalio.client import Client
 
 from scaleflow.api import auth, computes_file, errors, limits, metrics
@@ -21,6 +22,8 @@ from scaleflow.api.routes import (
     pools,
     progress,
 )
+from scaleflow.api.schemas.broker import DetailedErrorBody
+from scaleflow.api.schemas.errors import ChemtrailError, GenisysError, MemcacheError
 from scaleflow.core.settings import Settings
 from scaleflow.temporal import connect
 
@@ -35,6 +38,16 @@ ERROR_FORMATS: dict[str, errors.Formatter] = {
     "/api/manager": memcache.memcache_error,
     "/api/poolsize": memcache.memcache_error,
     "/api/v2": broker.broker_error,
+}
+# The same table, as the bodies the OpenAPI document shows (``errors.document_errors``).
+ERROR_MODELS: dict[str, type[BaseModel]] = {
+    "/": ChemtrailError,
+    "/compute": GenisysError,
+    "/service": GenisysError,
+    "/api/scaler": MemcacheError,
+    "/api/manager": MemcacheError,
+    "/api/poolsize": MemcacheError,
+    "/api/v2": DetailedErrorBody,
 }
 
 
@@ -72,6 +85,7 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
         return await call_next(request)
 
     errors.install(app, ERROR_FORMATS)
+    errors.document_errors(app, ERROR_MODELS)
     # One check in front of every surface; its 401 uses the table installed above.
     auth.install(app, settings)
     app.include_router(chemtrail.router)

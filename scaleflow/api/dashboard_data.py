@@ -20,13 +20,13 @@ from temporalio.service import RPCError
 from scaleflow.api.deps import ClientDep, SettingsDep
 from scaleflow.api.limits import UpdateBusyError, retried
 from scaleflow.api.routes import memcache
+from scaleflow.api.temporal import running_query
 from scaleflow.core.genisys import ServiceView, service_workflow_id
 from scaleflow.core.models import valid_name
 from scaleflow.workflows.services import ServiceWorkflow
 
 router = APIRouter(prefix="/dashboard/data", include_in_schema=False)
 
-SERVICES_QUERY = "WorkflowType = 'ServiceWorkflow' AND ExecutionStatus = 'Running'"
 # A page lists at most this many services; more would not be read anyway.
 MAX_SERVICES = 200
 # One service whose worker is gone must not hold the whole list up.
@@ -62,10 +62,11 @@ async def service_row(client: Client, name: str) -> ServiceRow:
 
 
 @router.get("/services")
-async def services(client: ClientDep) -> list[ServiceRow]:
-    """Every running genisys service entity, by name."""
+async def services(client: ClientDep, settings: SettingsDep) -> list[ServiceRow]:
+    """Every running genisys service entity of this deployment, by name."""
     names: set[str] = set()
-    async for wf in client.list_workflows(SERVICES_QUERY, limit=MAX_SERVICES):
+    query = running_query("ServiceWorkflow", settings.task_queue)
+    async for wf in client.list_workflows(query, limit=MAX_SERVICES):
         name = wf.id.removeprefix("service/")
         if valid_name(name):
             names.add(name)

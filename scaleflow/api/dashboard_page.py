@@ -80,6 +80,10 @@ PAGE = r"""<!doctype html>
 <tbody></tbody></table>
 <h2>Recent operations</h2>
 <div id="ops"></div>
+<h2>Autoscaler decisions</h2>
+<table id="decisions"><thead><tr><th>at</th><th>rule</th><th>reading</th><th>result</th>
+<th>count</th><th>acted</th></tr></thead>
+<tbody></tbody></table>
 <h2>genisys services</h2>
 <table id="services"><thead><tr><th>service</th><th>compute</th><th>desired</th>
 <th>running resources</th><th>observed</th><th>operation</th><th>last error</th></tr></thead>
@@ -254,6 +258,30 @@ function drawNodes(view) {
     (a.auto_mode ? ` (miss rate ${a.min_miss_rate_threshold}..${a.max_miss_rate_threshold},` +
                    ` expand x${a.expand_ratio}, shrink x${a.shrink_ratio})` : "") +
     `; queue ${view.queue.length}`;
+}
+
+// The autoscaler's last decisions, newest first (GET /v1/pools/{name}/decisions).
+function drawDecisions(name, list) {
+  const body = document.querySelector("#decisions tbody");
+  body.setAttribute("data-pool", name);
+  if (!list.length) {
+    const tr = el("tr");
+    tr.appendChild(el("td", {colspan: 6}, "No decisions yet."));
+    body.replaceChildren(tr);
+    return;
+  }
+  body.replaceChildren(...list.slice(-20).reverse().map(d => {
+    const tr = el("tr", {"data-acted": String(d.acted)});
+    const count = d.new_count === null ? `${d.count}` : `${d.count} \u2192 ${d.new_count}`;
+    const acted = d.acted ? "queued" : d.dry_run && d.new_count !== null ? "dry run" : "no";
+    const cells = [new Date(d.at).toLocaleTimeString(), d.rule, `${d.reading} (${d.source})`,
+                   d.result, count];
+    for (const c of cells) tr.appendChild(el("td", {}, c));
+    const td = el("td", {}, acted);
+    if (d.operation) td.appendChild(uiLink(d.operation));
+    tr.appendChild(td);
+    return tr;
+  }));
 }
 
 function elapsed(doc) {
@@ -467,6 +495,8 @@ async function refresh() {
     getJSON(`/dashboard/data/pools/${q}/stats`)
       .then(b => { if (current(name)) drawCharts(b.content); }),
     getJSON("/v1/pools/" + q).then(v => { if (current(name)) drawNodes(v); }),
+    getJSON(`/v1/pools/${q}/decisions`)
+      .then(d => { if (current(name)) drawDecisions(name, d); }),
     refreshOps(name),
     getJSON("/dashboard/data/services").then(drawServices),
     getJSON("/api/v2/metadata").then(drawBroker),
@@ -493,6 +523,7 @@ function switchPool(name, push) {
   document.getElementById("charts").replaceChildren();
   document.querySelector("#nodes tbody").replaceChildren();
   document.getElementById("ops").replaceChildren();
+  document.querySelector("#decisions tbody").replaceChildren();
   document.getElementById("mode").textContent = "";
   document.getElementById("pool").value = name;
   document.getElementById("status").textContent = "loading\u2026";

@@ -9,11 +9,14 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from temporalio.client import RPCTimeoutOrCancelledError, WorkflowQueryFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from scaleflow.api.limits import DEFAULT_RETRY_AFTER_S, UpdateBusyError, is_transient_refusal
+from scaleflow.api.schemas.errors import INVALID
 from scaleflow.core.errors import ErrorKind, ScaleflowError
 
 log = logging.getLogger(__name__)
@@ -67,6 +70,19 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "invalid request: " + "; ".join(parts)
 
 
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """The methods some route of the app serves at the request's path."""
+    allowed = []
+    for method in METHODS:
+        scope = {**request.scope, "method": method}
+        if any(r.matches(scope)[0] == Match.FULL for r in request.app.router.routes):
+            allowed.append(method)
+    return allowed
+
+
 def install(app: FastAPI, formats: Mapping[str, Formatter]) -> None:
     """Answer every error of ``app`` in its surface's format (prefix -> formatter)."""
     app.state.error_formats = {**DEFAULT_FORMATS, **formats}
@@ -81,7 +97,12 @@ def install(app: FastAPI, formats: Mapping[str, Formatter]) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(request, exc.status_code, str(exc.detail))
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # Starlette names the methods of the first route that matched the path only;
+            # a path served by several routes (GET and DELETE, say) allows them all.
+            headers["Allow"] = ", ".join(allowed_methods(request)) or headers.get("Allow", "")
+        return error_response(request, exc.status_code, str(exc.detail), headers)
 
     @app.exception_handler(UpdateBusyError)
     async def _busy(request: Request, exc: UpdateBusyError) -> JSONResponse:
@@ -110,3 +131,66 @@ def install(app: FastAPI, formats: Mapping[str, Formatter]) -> None:
         if exc.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED):
             return error_response(request, 503, f"Temporal is unavailable: {exc.message}")
         return error_response(request, 502, f"Temporal refused the request: {exc.message}")
+
+
+# FastAPI's own answer to a validation error, which no route here gives (``_invalid``).
+_FASTAPI_VALIDATION = "#/components/schemas/HTTPValidationError"
+
+
+def document_errors(app: FastAPI, models: Mapping[str, type[BaseModel]]) -> None:
+    """The OpenAPI document says what ``install`` answers: FastAPI lists 422
+    ``{"detail"}`` on routes with parameters or a body, where the app answers 400 in the
+    surface's format. That 422 is taken out, and every route that reads parameters or a
+    body lists a 400: its own, or the surface's (``models``: path prefix -> body, the
+    longest prefix wins)."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = generate()
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for path, operations in schema.get("paths", {}).items():
+            prefix = max((p for p in models if path.startswith(p)), key=len)
+            for operation in operations.values():
+                if _document_invalid(operation, models[prefix].__name__):
+                    _add_component(components, models[prefix])
+                _errors_are_json(operation)
+        for name in ("HTTPValidationError", "ValidationError"):
+            components.pop(name, None)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _add_component(components: dict[str, Any], model: type[BaseModel]) -> None:
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    for name, sub in schema.pop("$defs", {}).items():
+        components.setdefault(name, sub)
+    components.setdefault(model.__name__, schema)
+
+
+def _errors_are_json(operation: dict[str, Any]) -> None:
+    """Errors are JSON on every route: FastAPI files their bodies under the media type of
+    the route's own answer (text/plain for the broker's version)."""
+    for status, doc in operation.get("responses", {}).items():
+        content = doc.get("content", {})
+        if (status[0] in "45" or status == "default") and "application/json" not in content:
+            doc["content"] = {"application/json": next(iter(content.values()))} if content else {}
+
+
+def _document_invalid(operation: dict[str, Any], model: str) -> bool:
+    """True if the operation's 400 now refers to ``model``."""
+    responses: dict[str, Any] = operation.setdefault("responses", {})
+    doc = responses.get("422", {})
+    schema = doc.get("content", {}).get("application/json", {}).get("schema", {})
+    if schema.get("$ref") == _FASTAPI_VALIDATION:
+        del responses["422"]
+    reads = operation.get("parameters") or operation.get("requestBody")
+    if not reads or "400" in responses:
+        return False
+    responses["400"] = {
+        "description": INVALID,
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model}"}}},
+    }
+    return True

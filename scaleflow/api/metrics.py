@@ -29,8 +29,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from temporalio.client import Client
 
 from scaleflow.api.events import CLOSED, EventStore
+from scaleflow.api.temporal import running_query
 from scaleflow.core.autoscale import StatsSample
 from scaleflow.core.models import PoolView, ScalingEvent
+from scaleflow.core.settings import Settings
 from scaleflow.workflows.pool import PoolWorkflow
 
 log = logging.getLogger(__name__)
@@ -193,10 +195,12 @@ class ScaleflowMetrics:
 
     # ---- a scrape -----------------------------------------------------------
 
-    async def render(self, client: Client, events: EventStore) -> bytes:
+    async def render(self, client: Client, events: EventStore, task_queue: str) -> bytes:
         # One scrape at a time: the counting below must not see an operation twice.
         async with self._lock:
-            await asyncio.gather(self._refresh_operations(events), self._refresh_pools(client))
+            await asyncio.gather(
+                self._refresh_operations(events), self._refresh_pools(client, task_queue)
+            )
             return generate_latest(self.registry)
 
     async def _refresh_operations(self, events: EventStore) -> None:
@@ -252,8 +256,8 @@ class ScaleflowMetrics:
         while len(self._seen) > SEEN_LIMIT:
             self._seen.popitem(last=False)
 
-    async def _refresh_pools(self, client: Client) -> None:
-        query = "WorkflowType = 'PoolWorkflow' AND ExecutionStatus = 'Running'"
+    async def _refresh_pools(self, client: Client, task_queue: str) -> None:
+        query = running_query("PoolWorkflow", task_queue)
         timeout = timedelta(seconds=POOL_LIST_TIMEOUT_S)
 
         async def names() -> list[str]:
@@ -440,7 +444,10 @@ router = APIRouter(tags=["system"])
 async def prometheus_metrics(request: Request) -> Response:
     """The Prometheus text format (0.0.4, which every Prometheus reads)."""
     metrics: ScaleflowMetrics = request.app.state.metrics
-    body = await metrics.render(request.app.state.client, request.app.state.events)
+    settings: Settings = request.app.state.settings
+    body = await metrics.render(
+        request.app.state.client, request.app.state.events, settings.task_queue
+    )
     return Response(body, media_type=CONTENT_TYPE_PLAIN_0_0_4)
 
 

@@ -68,9 +68,20 @@ async def pool_view(client: Client, name: str) -> PoolView | None:
         return None
 
 
-async def pool_views(client: Client) -> list[PoolView]:
+def running_query(workflow_type: str, task_queue: str) -> str:
+    """The visibility query for the running workflows of a type on one task queue."""
+    queue = task_queue.replace("\\", "\\\\").replace("'", "\\'")
+    return (
+        f"WorkflowType = '{workflow_type}' AND ExecutionStatus = 'Running' "
+        f"AND TaskQueue = '{queue}'"
+    )
+
+
+async def pool_views(client: Client, task_queue: str) -> list[PoolView]:
+    """The running pools this deployment's workers serve (another deployment on the same
+    namespace has its own task queue, and its own pools)."""
     views = []
-    query = "WorkflowType = 'PoolWorkflow' AND ExecutionStatus = 'Running'"
+    query = running_query("PoolWorkflow", task_queue)
     async for wf in client.list_workflows(query):
         view = await pool_view(client, wf.id.removeprefix("pool/"))
         if view is not None:

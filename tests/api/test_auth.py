@@ -187,9 +187,10 @@ async def test_changes_need_the_token_in_each_surface_format(
 
         # The CLI sends SCALEFLOW_API_TOKEN; without it the same verb is refused.
         rc, out, err = await cli(st, "scale", "out", pool, token=None)
-        assert rc != 0 and '"Code": 401' in out, (rc, out, err)
+        assert rc == 1 and ": 401 " in err and not out, (rc, out, err)
         rc, out, err = await cli(st, "scale", "out", pool, token=TOKEN)
-        assert rc == 0 and '"ID"' in out, (rc, out, err)
+        # It prints the operation's ID.
+        assert rc == 0 and len(out.strip()) == 36 and out.count("-") == 4, (rc, out, err)
         assert TOKEN not in out + err
 
         await st.wait_status(op_id)

@@ -72,6 +72,8 @@ SNAPSHOT = """(() => {
       link: (d.querySelector("a.ui-link") || {}).href || null, progress: progress(d)})),
     services: Object.fromEntries(all("#services tbody tr[data-service]").map(tr => [
       tr.getAttribute("data-service"), all("td", tr).map(td => td.textContent)])),
+    decisionsPool: attr("#decisions tbody", "data-pool"),
+    decisions: all("#decisions tbody tr").map(tr => all("td", tr).map(td => td.textContent)),
     status: document.querySelector("#status").textContent,
     statusClass: document.querySelector("#status").className,
   };
@@ -269,6 +271,9 @@ async def test_selector_switches_pools_and_lists_services(
         )
         assert resp.status_code == 200, resp.text
 
+        # One decision of the default pool's autoscaler, within its thresholds.
+        resp = await st.http.post("/api/scaler/set_test_miss_rate", json={"test_miss_rate": 0.5})
+        assert resp.status_code == 200, resp.text
         await asyncio.to_thread(browser.navigate, url_of(st))
         default_nodes = await pool_node_ids(st, default)
         names = [p["name"] for p in (await st.http.get("/v1/pools")).json()]
@@ -284,6 +289,20 @@ async def test_selector_switches_pools_and_lists_services(
         default_ops = await op_ids(st, default)
         assert default_ops and {o["id"] for o in state["ops"]} <= default_ops
         assert state["opsPool"] == state["chartsPool"] == state["nodesPool"] == default
+        # The autoscaler's decisions, newest first, as GET /v1/pools/{name}/decisions has them.
+        decided = (await st.http.get(f"/v1/pools/{default}/decisions")).json()
+        state = await until(
+            browser, lambda s: len(s["decisions"]) == len(decided), "the pool's decisions"
+        )
+        assert state["decisionsPool"] == default
+        newest = state["decisions"][0]
+        assert newest[1:] == [
+            "threshold/miss-rate",
+            "miss rate 0.500 (test)",
+            "miss rate 0.500 within thresholds",
+            str(decided[-1]["count"]),
+            "no",
+        ], newest
         ns = st.settings.temporal_namespace
         ui = f"http://127.0.0.1:{st.settings.temporal_ui_port}/namespaces/{ns}/workflows/"
         assert state["poolLink"] == ui + f"pool%2F{default}"
@@ -339,6 +358,8 @@ async def test_selector_switches_pools_and_lists_services(
         assert state["marker"] == "same page"
         assert state["pool"] == other and state["search"] == f"?pool={other}"
         assert state["nodesPool"] == state["opsPool"] == other
+        state = await until(browser, lambda s: s["decisionsPool"] == other, "no decisions")
+        assert state["decisions"] == [["No decisions yet."]]
         assert not set(default_nodes) & set(state["nodes"])
         assert state["poolLink"] == ui + f"pool%2F{other}"
         await titles_match(browser, st, other)

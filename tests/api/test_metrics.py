@@ -19,7 +19,7 @@ from temporalio.testing import WorkflowEnvironment
 from scaleflow.activities import processes
 from scaleflow.api.metrics import moved_by
 from scaleflow.core.autoscale import StatsSample
-from scaleflow.core.models import PoolConfig, PoolInit, pool_workflow_id
+from scaleflow.core.models import pool_workflow_id
 from scaleflow.workflows import attributes
 from scaleflow.workflows.pool import PoolWorkflow
 from tests.e2e.slot_helpers import keyset, write_all
@@ -163,13 +163,14 @@ async def test_autoscaler_readings_are_the_last_sample(st: Stack) -> None:
 
 
 async def test_a_pool_that_cannot_answer_is_skipped_and_counted(st: Stack) -> None:
-    # A pool entity on a task queue no worker polls: its queries cannot be answered.
+    # A pool entity of this deployment whose input the worker cannot read: its workflow
+    # task fails, so its queries cannot be answered.
     mute = f"mute-{uuid.uuid4().hex[:8]}"
     handle = await st.client.start_workflow(
-        PoolWorkflow.run,
-        PoolInit(config=PoolConfig(name=mute)),
+        "PoolWorkflow",
+        {"config": {"name": mute, "min_count": "not a number"}},
         id=pool_workflow_id(mute),
-        task_queue=f"nobody-{mute}",
+        task_queue=st.settings.task_queue,
     )
     try:
         m = await scrape(st)

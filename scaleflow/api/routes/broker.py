@@ -24,7 +24,6 @@ another.
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import re
@@ -32,7 +31,7 @@ import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar, Union
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -57,14 +56,21 @@ from scaleflow.api.limits import (
     retried,
 )
 from scaleflow.api.schemas.broker import (
+    ADDRESS_PATTERN,
+    BROKER_CONFIG_EXAMPLE,
+    CLUSTER_CONFIG_SCHEMA,
+    CLUSTER_INFO_EXAMPLE,
+    CLUSTER_NAME_PATTERN,
     CODE_BY_STATUS,
     INVALID_REQUEST,
+    MAX_ADDRESS_LEN,
+    META_EXAMPLE,
+    U64_MAX,
     UNAVAILABLE,
     AddNodesBody,
     AddProxyBody,
     AddressesPayload,
     BrokerConfigBody,
-    ClusterConfigBody,
     ClusterNamesPayload,
     ClusterPayload,
     CreateClusterBody,
@@ -72,11 +78,13 @@ from scaleflow.api.schemas.broker import (
     ErrorBody,
     FailureCheckPayload,
     InvalidConfigBody,
+    MigrationTaskBody,
     PeerProxy,
     ProxyPayload,
     ProxyView,
     ScaleUpNodesBody,
 )
+from scaleflow.api.schemas.common import body_doc, validate_json
 from scaleflow.core.broker import chunks, failures
 from scaleflow.core.broker.errors import HTTP_STATUS, BrokerError, BrokerErrorCode
 from scaleflow.core.broker.models import (
@@ -90,6 +98,7 @@ from scaleflow.core.broker.models import (
     Role,
 )
 from scaleflow.core.broker.validation import (
+    MAX_NODE_NUMBER,
     valid_address,
     validate_cluster_name,
     validate_node_number,
@@ -124,9 +133,7 @@ PREFIX = "/api/v2"
 DEFAULT_BROKER = "default"
 # Reading the last run of an ended entity, to start the next one with its metadata.
 SEED_TIMEOUT = timedelta(seconds=10)
-MAX_ADDRESS_LEN = 300
 MAX_REPORTER_LEN = 200
-U64_MAX = 2**64 - 1
 CODE_RE = re.compile(r"[A-Z][A-Z0-9_]*")
 EPOCH_RE = re.compile(r"[+-]?[0-9]{1,20}")
 B = TypeVar("B", bound=BaseModel)
@@ -247,7 +254,9 @@ router = APIRouter(prefix=PREFIX, tags=["broker"], route_class=BrokerRoute, resp
 CHANGED: dict[int | str, dict[str, Any]] = {
     200: {
         "description": 'Done: the JSON string `""`, as undermoon answers.',
-        "content": {"application/json": {"schema": {"type": "string", "enum": [""]}}},
+        "content": {
+            "application/json": {"schema": {"type": "string", "enum": [""]}, "example": ""}
+        },
         "headers": {
             "X-Broker-Epoch": {
                 "description": "The global epoch after the change",
@@ -271,44 +280,18 @@ def refusals(*codes: BrokerErrorCode | str) -> dict[int | str, dict[str, Any]]:
         by_status.setdefault(status, []).append(str(code))
     out: dict[int | str, dict[str, Any]] = {}
     for status, names in sorted(by_status.items()):
-        model: type[BaseModel] = ErrorBody
+        # Each code's body: INVALID_CONFIG's carries key, value and message, this API's own
+        # codes a message, the seed's others the code alone.
+        models: list[Any] = []
         if C.INVALID_CONFIG.value in names:
-            model = InvalidConfigBody
-        elif INVALID_REQUEST in names:
-            model = DetailedErrorBody
+            models.append(InvalidConfigBody)
+        if INVALID_REQUEST in names:
+            models.append(DetailedErrorBody)
+        if set(names) - {C.INVALID_CONFIG.value, INVALID_REQUEST}:
+            models.append(ErrorBody)
+        model = models[0] if len(models) == 1 else Union[tuple(models)]  # noqa: UP007
         out[status] = {"model": model, "description": " | ".join(names)}
     return out
-
-
-def body_doc(model: type[BaseModel], description: str = "") -> dict[str, Any]:
-    """A request body read by the route itself, for its OpenAPI document."""
-    schema = inline_schema(model.model_json_schema())
-    return {
-        "requestBody": {
-            "required": True,
-            "description": description or inspect.cleandoc(model.__doc__ or ""),
-            "content": {"application/json": {"schema": schema}},
-        }
-    }
-
-
-def inline_schema(schema: dict[str, Any]) -> dict[str, Any]:
-    """``schema`` with its ``$defs`` put in place of their references (none is recursive)."""
-    defs = schema.pop("$defs", {})
-
-    def resolve(node: Any) -> Any:
-        if isinstance(node, dict):
-            ref = node.get("$ref")
-            if isinstance(ref, str) and ref.startswith("#/$defs/"):
-                rest = {k: v for k, v in node.items() if k != "$ref"}
-                return {**resolve(defs[ref.removeprefix("#/$defs/")]), **resolve(rest)}
-            return {k: resolve(v) for k, v in node.items()}
-        if isinstance(node, list):
-            return [resolve(v) for v in node]
-        return node
-
-    result: dict[str, Any] = resolve(schema)
-    return result
 
 
 # ---- the entity ------------------------------------------------------------------------
@@ -393,8 +376,26 @@ def get_broker(
 
 
 BrokerDep = Annotated[Broker, Depends(get_broker)]
-ClusterName = Annotated[str, Path(description="1-30 of [A-Za-z0-9@_-]", examples=["mycluster"])]
+# Names and numbers in paths are read by the routes (for the seed's codes); the schemas
+# say what they accept.
+ClusterName = Annotated[
+    str,
+    Path(
+        description="1-30 of [A-Za-z0-9@_-] (else INVALID_CLUSTER_NAME)",
+        examples=["mycluster"],
+        json_schema_extra={"pattern": CLUSTER_NAME_PATTERN},
+    ),
+]
 ProxyAddress = Annotated[str, Path(description="host:port", examples=["127.0.0.2:7000"])]
+PathNodeNumber = Path(
+    description="A positive multiple of 4, in decimal digits (else INVALID_NODE_NUMBER)",
+    json_schema_extra={
+        "type": "integer",
+        "minimum": 4,
+        "maximum": MAX_NODE_NUMBER,
+        "multipleOf": 4,
+    },
+)
 Offset = Annotated[int, Query(ge=0, description="Names to skip")]
 Limit = Annotated[int | None, Query(ge=0, description="At most this many")]
 
@@ -433,9 +434,10 @@ def problems(exc: ValidationError) -> str:
 
 
 async def body_of(request: Request, model: type[B], code: BrokerErrorCode) -> B:
-    """The body as ``model``; anything else is the route's ``code``."""
+    """The body as ``model``, JSON types as they are (no "8" or true for a number);
+    anything else is the route's ``code``."""
     try:
-        return model.model_validate(await read_json(request))
+        return validate_json(model, await read_json(request))
     except ValueError as exc:  # ValidationError is one
         detail = problems(exc) if isinstance(exc, ValidationError) else str(exc)
         raise BrokerError(code, detail) from None
@@ -556,7 +558,9 @@ async def version() -> PlainTextResponse:
     return PlainTextResponse(UNDERMOON_VERSION)
 
 
-@router.get("/metadata")
+@router.get(
+    "/metadata", responses={200: {"content": {"application/json": {"example": META_EXAMPLE}}}}
+)
 async def get_metadata(broker: BrokerDep) -> BrokerMeta:
     """All the broker's metadata (not a stable API: for debugging and replication)."""
     return await broker.meta()
@@ -569,7 +573,9 @@ async def get_metadata(broker: BrokerDep) -> BrokerMeta:
         **CHANGED,
         **refusals(INVALID_REQUEST, C.INVALID_META_VERSION, C.EPOCH_SMALLER_THAN_CURRENT, C.RETRY),
     },
-    openapi_extra=body_doc(BrokerMeta, "Metadata as GET /api/v2/metadata answers it"),
+    openapi_extra=body_doc(
+        BrokerMeta, "Metadata as GET /api/v2/metadata answers it", examples=[META_EXAMPLE]
+    ),
 )
 async def restore_metadata(request: Request, broker: BrokerDep) -> Response:
     """Replace all the metadata. 409 INVALID_META_VERSION for a document that is not
@@ -585,7 +591,7 @@ async def restore_metadata(request: Request, broker: BrokerDep) -> Response:
             C.INVALID_META_VERSION, f"metadata version {version!r} is not {META_VERSION!r}"
         )
     try:
-        meta = BrokerMeta.model_validate(data)
+        meta = validate_json(BrokerMeta, data)
     except ValidationError as exc:
         raise ApiError(f"invalid metadata: {problems(exc)}") from None
     problem = epoch_problem(meta) or meta_problem(meta)
@@ -596,7 +602,10 @@ async def restore_metadata(request: Request, broker: BrokerDep) -> Response:
 
 @router.get(
     "/clusters/info/{cluster_name:whole}",
-    responses=refusals(C.INVALID_CLUSTER_NAME, C.CLUSTER_NOT_FOUND),
+    responses={
+        200: {"content": {"application/json": {"example": CLUSTER_INFO_EXAMPLE}}},
+        **refusals(C.INVALID_CLUSTER_NAME, C.CLUSTER_NOT_FOUND),
+    },
 )
 async def cluster_info(cluster_name: ClusterName, broker: BrokerDep) -> ClusterInfo:
     """Node numbers, and whether slots are moving."""
@@ -731,7 +740,7 @@ async def delete_free_nodes(cluster_name: ClusterName, broker: BrokerDep) -> Res
 )
 async def auto_scale(
     cluster_name: ClusterName,
-    node_number: Annotated[str, Path(description="A positive multiple of 4")],
+    node_number: Annotated[str, PathNodeNumber],
     broker: BrokerDep,
 ) -> Response:
     """Scale to ``node_number`` nodes: out, add nodes and start the migration once they
@@ -784,7 +793,7 @@ async def expand(cluster_name: ClusterName, broker: BrokerDep) -> Response:
 )
 async def shrink(
     cluster_name: ClusterName,
-    new_cluster_nodes_number: Annotated[str, Path(description="A positive multiple of 4")],
+    new_cluster_nodes_number: Annotated[str, PathNodeNumber],
     broker: BrokerDep,
 ) -> Response:
     """Move every slot to the first ``new_cluster_nodes_number`` nodes (the others stay,
@@ -802,7 +811,10 @@ async def shrink(
         **CHANGED,
         **refusals(C.INVALID_CLUSTER_NAME, C.CLUSTER_NOT_FOUND, C.INVALID_CONFIG, C.RETRY),
     },
-    openapi_extra=body_doc(ClusterConfigBody),
+    openapi_extra=body_doc(
+        CLUSTER_CONFIG_SCHEMA,
+        "The fields to change; any other key is refused with INVALID_CONFIG",
+    ),
 )
 async def change_cluster_config(
     cluster_name: ClusterName, request: Request, broker: BrokerDep
@@ -872,7 +884,17 @@ async def get_epoch(broker: BrokerDep) -> int:
 @router.put(
     "/epoch/recovery",
     response_model=None,
-    responses={200: {"description": "The proxies whose epoch could not be read: none here"}},
+    responses={
+        200: {
+            "description": "The proxies whose epoch could not be read: none here",
+            "content": {
+                "application/json": {
+                    "schema": {"type": "array", "items": {"type": "string"}, "maxItems": 0},
+                    "example": [],
+                }
+            },
+        }
+    },
 )
 async def recover_epoch(broker: BrokerDep) -> Response:
     """undermoon's hidden recovery: bump every epoch above the broker's own."""
@@ -886,7 +908,13 @@ async def recover_epoch(broker: BrokerDep) -> Response:
     responses={**CHANGED, **refusals(INVALID_REQUEST, C.EPOCH_SMALLER_THAN_CURRENT)},
 )
 async def bump_epoch(
-    new_epoch: Annotated[str, Path(description="An integer above the global epoch")],
+    new_epoch: Annotated[
+        str,
+        Path(
+            description="An integer above the global epoch (else EPOCH_SMALLER_THAN_CURRENT)",
+            json_schema_extra={"type": "integer", "minimum": 0, "maximum": U64_MAX},
+        ),
+    ],
     broker: BrokerDep,
 ) -> Response:
     """Set every epoch to ``new_epoch``, which must be larger than the global epoch (after
@@ -921,7 +949,7 @@ async def change_broker_config(request: Request, broker: BrokerDep) -> Response:
     """Set ``replica_addresses`` (host:port of brokers the metadata is copied to every
     10 s), and the failure detection settings given."""
     try:
-        body = BrokerConfigBody.model_validate(await read_json(request))
+        body = validate_json(BrokerConfigBody, await read_json(request))
     except ValueError as exc:  # ValidationError is one
         detail = problems(exc) if isinstance(exc, ValidationError) else str(exc)
         raise ApiError(f"invalid broker config: {detail}") from None
@@ -934,7 +962,10 @@ async def change_broker_config(request: Request, broker: BrokerDep) -> Response:
     return changed(await broker.update(BrokerWorkflow.set_broker_config, req))
 
 
-@router.get("/config")
+@router.get(
+    "/config",
+    responses={200: {"content": {"application/json": {"example": BROKER_CONFIG_EXAMPLE}}}},
+)
 async def get_broker_config(broker: BrokerDep) -> BrokerConfig:
     """The broker's config: ``replica_addresses`` as the seed, and failure detection."""
     return await broker.config()
@@ -981,8 +1012,21 @@ async def proxy_meta(proxy_address: ProxyAddress, broker: BrokerDep) -> ProxyPay
     responses={**CHANGED, **refusals(C.INVALID_PROXY_ADDRESS, INVALID_REQUEST, C.RETRY)},
 )
 async def report_failure(
-    server_proxy_address: ProxyAddress,
-    reporter_id: Annotated[str, Path(description="The reporter's own id")],
+    server_proxy_address: Annotated[
+        str,
+        Path(
+            description="host:port (else INVALID_PROXY_ADDRESS)",
+            examples=["127.0.0.2:7000"],
+            json_schema_extra={"pattern": ADDRESS_PATTERN, "maxLength": MAX_ADDRESS_LEN},
+        ),
+    ],
+    reporter_id: Annotated[
+        str,
+        Path(
+            description="The reporter's own id",
+            json_schema_extra={"maxLength": MAX_REPORTER_LEN},
+        ),
+    ],
     broker: BrokerDep,
 ) -> Response:
     """Report a suspected failure; a proxy fails once ``failure_quorum`` reporters have
@@ -1043,7 +1087,7 @@ async def failover(proxy_address: ProxyAddress, broker: BrokerDep) -> ProxyPaylo
             C.RETRY,
         ),
     },
-    openapi_extra=body_doc(MigrationTask),
+    openapi_extra=body_doc(MigrationTaskBody),
 )
 async def commit_migration(request: Request, broker: BrokerDep) -> Response:
     """A move is done: its slots become stable on the destination."""

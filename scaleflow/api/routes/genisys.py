@@ -20,15 +20,33 @@ from __future__ import annotations
 import json
 import logging
 from datetime import timedelta
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Path, Request
 from fastapi.responses import JSONResponse
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 
 from scaleflow.api.deps import ClientDep, SettingsDep, update_with_start
 from scaleflow.api.limits import retried
+from scaleflow.api.schemas.common import (
+    NAME_HELP,
+    NAME_PATTERN,
+    OperationStarted,
+    body_doc,
+    valid_name_whole,
+)
+from scaleflow.api.schemas.errors import GenisysError, common_errors, error_docs
+from scaleflow.api.schemas.genisys import (
+    COMPUTE_EXAMPLE,
+    SERVICE_EXAMPLE,
+    STARTED_EXAMPLE,
+    ComputeBody,
+    ComputeUpdateBody,
+    ScaleBody,
+    StepBody,
+    connector_matches,
+)
 from scaleflow.core.genisys import (
     MAX_RESOURCES,
     REGISTRY_ID,
@@ -49,7 +67,7 @@ from scaleflow.workflows.computes import ComputeRegistryWorkflow
 from scaleflow.workflows.services import ServiceWorkflow
 
 log = logging.getLogger(__name__)
-router = APIRouter(tags=["genisys"])
+router = APIRouter(tags=["genisys"], responses=common_errors(GenisysError))
 
 NO_DATA = "No data received"
 SEED_TIMEOUT = timedelta(seconds=10)
@@ -145,17 +163,50 @@ async def registry_update(client: Client, settings: Settings, update: Any, arg: 
 
 def _compute_from(name: Any, connector: Any) -> Compute:
     problem = name_problem("compute", name) or connector_problem(connector)
+    if problem is None and not valid_name_whole(name):
+        problem = f"Invalid compute name {name!r}: use {NAME_HELP}."
+    if problem is None and not connector_matches(connector):
+        problem = (
+            f"Invalid connector {connector[:200]!r}: expected an http(s) URL such as "
+            "http://localhost:7051 (a host, an optional port and path)."
+        )
     if problem:
         raise _bad(problem)
     return Compute(name=name, connector=connector)
 
 
-@router.get("/compute")
+# Each route's own answers; every route may also answer common_errors.
+BAD_BODY = (
+    "No data received (no body, not JSON, or empty), Missing parameters., or a field "
+    "that is not what the route takes"
+)
+ComputeName = Annotated[str, Path(description="The compute's name")]
+ServiceName = Annotated[
+    str,
+    Path(
+        description=f"The service's name: {NAME_HELP}", json_schema_extra={"pattern": NAME_PATTERN}
+    ),
+]
+UNDEFINED = error_docs(GenisysError, {501: "Undefined compute: X. (no such compute)"})
+
+
+@router.get(
+    "/compute",
+    responses={200: {"content": {"application/json": {"example": [COMPUTE_EXAMPLE]}}}},
+)
 async def read_computes(client: ClientDep) -> list[Compute]:
     return await list_computes(client)
 
 
-@router.post("/compute", status_code=201)
+@router.post(
+    "/compute",
+    status_code=201,
+    responses={
+        201: {"content": {"application/json": {"example": COMPUTE_EXAMPLE}}},
+        **error_docs(GenisysError, {400: BAD_BODY, 409: "Compute X already exists."}),
+    },
+    openapi_extra=body_doc(ComputeBody),
+)
 async def create_compute(request: Request, client: ClientDep, settings: SettingsDep) -> Compute:
     """Define a compute; 409 if the name is taken (PUT changes an existing one)."""
     name, connector = required(await json_body(request), "name", "connector")
@@ -163,23 +214,42 @@ async def create_compute(request: Request, client: ClientDep, settings: Settings
     return await registry_update(client, settings, ComputeRegistryWorkflow.create, compute)
 
 
-@router.get("/compute/{name}")
-async def read_compute(name: str, client: ClientDep) -> Compute:
+@router.get(
+    "/compute/{name}",
+    responses={
+        200: {"content": {"application/json": {"example": COMPUTE_EXAMPLE}}},
+        **error_docs(GenisysError, {404: "Undefined compute: X."}),
+    },
+)
+async def read_compute(name: ComputeName, client: ClientDep) -> Compute:
     found = await find_compute(client, name)
     if found is None:
         raise _bad(f"Undefined compute: {name}.", 404)
     return found
 
 
-@router.put("/compute/{name}")
+@router.put(
+    "/compute/{name}",
+    responses={
+        200: {"content": {"application/json": {"example": COMPUTE_EXAMPLE}}},
+        **error_docs(
+            GenisysError,
+            {
+                400: BAD_BODY + ", or a body name other than the path's",
+                404: "Undefined compute: X.",
+            },
+        ),
+    },
+    openapi_extra=body_doc(ComputeUpdateBody),
+)
 async def replace_compute(
-    name: str, request: Request, client: ClientDep, settings: SettingsDep
+    name: ComputeName, request: Request, client: ClientDep, settings: SettingsDep
 ) -> Compute:
     body = await json_body(request)
     (connector,) = required(body, "connector")
     if body.get("name") not in (None, name):
         raise _bad(f"Compute name {body['name']!r} in the body does not match {name!r}.")
-    if not valid_name(name):
+    if not valid_name_whole(name):
         raise _bad(f"Undefined compute: {name}.", 404)
     compute = _compute_from(name, connector)
     saved = await registry_update(client, settings, ComputeRegistryWorkflow.replace, compute)
@@ -202,6 +272,8 @@ async def _tell_services(client: Client, compute: Compute) -> None:
 
 def _service_name(name: str) -> str:
     problem = name_problem("service", name)
+    if problem is None and not valid_name_whole(name):
+        problem = f"Invalid service name {name!r}: use {NAME_HELP}."
     if problem:
         raise _bad(problem)
     return name
@@ -232,7 +304,7 @@ async def service_update(
 
 
 async def service_view(client: Client, name: str) -> ServiceView | None:
-    if not valid_name(name):
+    if not valid_name_whole(name):
         return None
     try:
         handle = client.get_workflow_handle(service_workflow_id(name))
@@ -259,21 +331,64 @@ async def _step(
     return JSONResponse({"ID": op_id}, status_code=201)
 
 
-@router.post("/service/{name}/upscale", status_code=201)
-async def upscale(name: str, request: Request, client: ClientDep, settings: SettingsDep) -> Any:
+STEP_RESPONSES: dict[int | str, dict[str, Any]] = {
+    201: {"content": {"application/json": {"example": STARTED_EXAMPLE}}},
+    **error_docs(
+        GenisysError,
+        {
+            400: BAD_BODY + ", or an invalid service name",
+            409: "The service's queue could not start the operation",
+        },
+    ),
+    **UNDEFINED,
+}
+
+
+@router.post(
+    "/service/{name}/upscale",
+    status_code=201,
+    response_model=OperationStarted,
+    responses=STEP_RESPONSES,
+    openapi_extra=body_doc(StepBody),
+)
+async def upscale(
+    name: ServiceName, request: Request, client: ClientDep, settings: SettingsDep
+) -> Any:
     """Add one resource of the service in the compute; 201 with the operation's ID."""
     return await _step(name, Direction.OUT, request, client, settings)
 
 
-@router.post("/service/{name}/downscale", status_code=201)
-async def downscale(name: str, request: Request, client: ClientDep, settings: SettingsDep) -> Any:
+@router.post(
+    "/service/{name}/downscale",
+    status_code=201,
+    response_model=OperationStarted,
+    responses=STEP_RESPONSES,
+    openapi_extra=body_doc(StepBody),
+)
+async def downscale(
+    name: ServiceName, request: Request, client: ClientDep, settings: SettingsDep
+) -> Any:
     """Remove one resource of the service from the compute; 201 with the operation's ID."""
     return await _step(name, Direction.IN, request, client, settings)
 
 
-@router.post("/service/{name}/scale")
+@router.post(
+    "/service/{name}/scale",
+    responses={
+        200: {"content": {"application/json": {"example": SERVICE_EXAMPLE}}},
+        **error_docs(
+            GenisysError,
+            {
+                400: BAD_BODY + ", an invalid service name, or no compute given for a "
+                "service that has used none"
+            },
+        ),
+        **UNDEFINED,
+    },
+    openapi_extra=body_doc(ScaleBody),
+)
 async def scale(
-    name: str, request: Request, client: ClientDep, settings: SettingsDep
+    name: ServiceName, request: Request, client: ClientDep, settings: SettingsDep
 ) -> ServiceView:
     """Set the count the service's entity keeps (checked every 15 s); 200 with the service.
 
@@ -301,8 +416,14 @@ async def scale(
     )
 
 
-@router.get("/service/{name}")
-async def read_service(name: str, client: ClientDep) -> ServiceView:
+@router.get(
+    "/service/{name}",
+    responses={
+        200: {"content": {"application/json": {"example": SERVICE_EXAMPLE}}},
+        **error_docs(GenisysError, {404: "Undefined service: X."}),
+    },
+)
+async def read_service(name: Annotated[str, Path()], client: ClientDep) -> ServiceView:
     """The desired count, the compute and the count last observed at its connector."""
     view = await service_view(client, name)
     if view is None:

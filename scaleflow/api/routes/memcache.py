@@ -3,15 +3,17 @@
 Every route works on the pool named by ``settings.default_pool_name``. Answers are the
 originals' envelopes: ``{"success": "true", "content": ...}`` and, for every error
 (validation included), ``{"success": "false", "error": {"code": n, "message": "..."}}``.
-POST bodies may be JSON or forms (urlencoded or multipart). Operations answer at once
-with their ``ID``; they are read at ``/v1/scale/status/{ID}``.
+POST bodies may be JSON or forms (urlencoded or multipart): a JSON body is typed (a
+number must be a JSON number), a form's values are read as JSON where the field is not
+text (``0.5``, ``true``). Operations answer at once with their ``ID``; they are read at
+``/v1/scale/status/{ID}``.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args, get_origin
 
 from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
@@ -23,13 +25,29 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from scaleflow.api.deps import ClientDep, RequestId, SettingsDep
 from scaleflow.api.limits import retried
+from scaleflow.api.schemas.common import FORMS, JSON, body_doc, validate_json
+from scaleflow.api.schemas.errors import MemcacheError, common_errors, error_docs
 from scaleflow.api.schemas.memcache import (
+    AggregateStats,
+    CacheList,
     CacheListBody,
+    CacheListChange,
+    ConfigRollout,
     ManagerConfigBody,
+    ManualResize,
     ManualResizeBody,
     NodeDeleteBody,
+    NodeDeleted,
+    NodeDoc,
+    Ok,
+    PoolNodeList,
+    PoolSize,
+    PoolSizeConfig,
     ScalerConfigBody,
     ScalerThresholds,
+    Started,
+    TerminateAll,
+    TestMissRate,
     TestMissRateBody,
 )
 from scaleflow.api.temporal import call_pool, pool_handle, pool_view
@@ -63,8 +81,26 @@ def memcache_error(status: int, message: str) -> dict[str, Any]:
     return {"success": "false", "error": {"code": status, "message": message}}
 
 
-router = APIRouter(tags=["memcache"])
+router = APIRouter(tags=["memcache"], responses=common_errors(MemcacheError))
 B = TypeVar("B", bound=BaseModel)
+# Every route works on the default pool; it may not exist yet.
+NO_POOL = error_docs(MemcacheError, {404: "The default pool does not exist"})
+# Resizes: the seed's 400 at the pool's bounds; a refusal of the pool's queue.
+RESIZE_ERRORS = error_docs(
+    MemcacheError,
+    {
+        400: "A body that is not what the route takes, or the pool already reached its "
+        "maximum or minimum",
+        404: "The default pool does not exist",
+        409: "The pool's queue refused the operation",
+        422: "The pool has no policy, or its policy is disabled",
+    },
+)
+
+
+def form_or_json(model: type[BaseModel], *, required: bool = True) -> dict[str, Any]:
+    """``openapi_extra``: the body as JSON or as a form, both with ``model``'s fields."""
+    return body_doc(model, media_types=(JSON, *FORMS), required=required)
 
 
 def ok(content: Any) -> JSONResponse:
@@ -74,19 +110,21 @@ def ok(content: Any) -> JSONResponse:
 # ---- bodies -----------------------------------------------------------------
 
 
-async def read_fields(request: Request) -> dict[str, Any]:
-    """The body's fields, from JSON or a form; an empty body has none."""
+async def read_fields(request: Request) -> tuple[dict[str, Any], bool]:
+    """The body's fields, from JSON or a form, and whether they came as a form (strings
+    to read as the fields' types); an empty body has none."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     raw = await request.body()
     if ctype in FORM_TYPES and not _looks_like_json(raw, ctype):
         form = await request.form()
         fields: dict[str, Any] = {}
         for key in form:
-            values = form.getlist(key)
+            # A file is not a value any field takes: it stays one, to be refused (400).
+            values = [v if isinstance(v, str) else {"file": v.filename} for v in form.getlist(key)]
             fields[key] = values[0] if len(values) == 1 else values
-        return fields
+        return fields, True
     if not raw.strip():
-        return {}
+        return {}, False
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -96,7 +134,7 @@ async def read_fields(request: Request) -> dict[str, Any]:
             ErrorKind.INVALID,
             f"body: expected a JSON object or a form, got {type(data).__name__}",
         )
-    return data
+    return data, False
 
 
 def _looks_like_json(raw: bytes, ctype: str) -> bool:
@@ -112,7 +150,45 @@ def parse(model: type[B], fields: dict[str, Any]) -> B:
 
 
 async def body(request: Request, model: type[B]) -> B:
-    return parse(model, await read_fields(request))
+    """The body as ``model``. JSON carries types, which must be the fields' (true is not
+    a number, "0.5" is not one either); a form's values are read as JSON where the field
+    is not text (0.5, true, null), as the document's schema reads them."""
+    fields, is_form = await read_fields(request)
+    if is_form:
+        fields = {k: _form_value(model, k, v) for k, v in fields.items()}
+    try:
+        # 2.0 was always read as 2 here (pydantic's lax mode did).
+        return validate_json(model, fields, integral_floats=True)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors()) from exc
+
+
+def _form_value(model: type[BaseModel], key: str, value: Any) -> Any:
+    field = model.model_fields.get(key)
+    if field is None or _is_text(field.annotation):
+        return value
+    if isinstance(value, list):
+        return [_json_reading(v) for v in value]
+    return _json_reading(value)
+
+
+def _is_text(annotation: Any) -> bool:
+    """str, list[str], Any, or one of them or None."""
+    if annotation is str or annotation is Any:
+        return True
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    if get_origin(annotation) is list:
+        return args == [str]
+    return bool(args) and all(_is_text(a) for a in args)
+
+
+def _json_reading(text: Any) -> Any:
+    if not isinstance(text, str):
+        return text  # a file: refused by the field's type
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 # ---- the pool ---------------------------------------------------------------
@@ -185,20 +261,20 @@ def node_doc(node: Node) -> dict[str, Any]:
 # ---- the manager app (seed 002) ---------------------------------------------
 
 
-@router.get("/api/manager/pool_node_list")
+@router.get("/api/manager/pool_node_list", response_model=Ok[PoolNodeList], responses=NO_POOL)
 async def pool_node_list(client: ClientDep, settings: SettingsDep) -> JSONResponse:
     """The addresses (``host:port``) of the pool's nodes, oldest first."""
     view = await view_of(client, settings)
     return ok({"pool_node_list": [n.address for n in members(view) if n.address]})
 
 
-@router.get("/api/manager/poolsize")
+@router.get("/api/manager/poolsize", response_model=Ok[PoolSize], responses=NO_POOL)
 async def poolsize(client: ClientDep, settings: SettingsDep) -> JSONResponse:
     view = await view_of(client, settings)
     return ok({"size": len(view.nodes)})
 
 
-@router.get("/api/manager/poolsize/config")
+@router.get("/api/manager/poolsize/config", response_model=Ok[PoolSizeConfig], responses=NO_POOL)
 async def poolsize_config(client: ClientDep, settings: SettingsDep) -> JSONResponse:
     cfg = (await view_of(client, settings)).autoscaler
     if not cfg.auto_mode:
@@ -206,7 +282,7 @@ async def poolsize_config(client: ClientDep, settings: SettingsDep) -> JSONRespo
     return ok({"resize_pool_option": "automatic", "resize_pool_parameters": scaler_parameters(cfg)})
 
 
-@router.get("/api/manager/aggregate_stats")
+@router.get("/api/manager/aggregate_stats", response_model=Ok[AggregateStats], responses=NO_POOL)
 async def aggregate_stats(client: ClientDep, settings: SettingsDep) -> JSONResponse:
     """The last 30 samples (one a minute by default), oldest first; the front is padded
     with 0 while the pool has fewer than 30."""
@@ -240,7 +316,12 @@ async def stats_of(client: Client, settings: Settings) -> list[StatsSample]:
     return samples
 
 
-@router.post("/api/manager/poolsize/manual")
+@router.post(
+    "/api/manager/poolsize/manual",
+    response_model=Ok[ManualResize],
+    responses=RESIZE_ERRORS,
+    openapi_extra=form_or_json(ManualResizeBody),
+)
 async def poolsize_manual(
     request: Request, client: ClientDep, settings: SettingsDep, rid: RequestId = None
 ) -> JSONResponse:
@@ -264,7 +345,22 @@ async def poolsize_manual(
     return ok({"ID": op_id, "change": change})
 
 
-@router.post("/api/manager/poolsize/automatic")
+@router.post(
+    "/api/manager/poolsize/automatic",
+    response_model=Ok[PoolSizeConfig],
+    responses={
+        **NO_POOL,
+        **error_docs(
+            MemcacheError,
+            {
+                400: "A field out of its range, or min_miss_rate_threshold not below "
+                "max_miss_rate_threshold (after merging with the current rule)",
+                409: "The pool cannot take an auto-scaler now",
+            },
+        ),
+    },
+    openapi_extra=form_or_json(ScalerThresholds, required=False),
+)
 async def poolsize_automatic(
     request: Request, client: ClientDep, settings: SettingsDep
 ) -> JSONResponse:
@@ -282,7 +378,12 @@ async def poolsize_automatic(
     )
 
 
-@router.post("/api/manager/config")
+@router.post(
+    "/api/manager/config",
+    response_model=Ok[ConfigRollout],
+    responses=RESIZE_ERRORS,
+    openapi_extra=form_or_json(ManagerConfigBody),
+)
 async def manager_config(
     request: Request, client: ClientDep, settings: SettingsDep, rid: RequestId = None
 ) -> JSONResponse:
@@ -309,13 +410,13 @@ async def _clear(client: Client, settings: Settings, rid: str | None, full: bool
     return ok({"ID": await submit(client, settings, req)})
 
 
-@router.delete("/api/manager/cache/clear")
+@router.delete("/api/manager/cache/clear", response_model=Ok[Started], responses=RESIZE_ERRORS)
 async def cache_clear(client: ClientDep, settings: SettingsDep, rid: RequestId = None) -> Any:
     """Empty every cache node (``flush_all``)."""
     return await _clear(client, settings, rid, full=False)
 
 
-@router.delete("/api/manager/data/clear")
+@router.delete("/api/manager/data/clear", response_model=Ok[Started], responses=RESIZE_ERRORS)
 async def data_clear(client: ClientDep, settings: SettingsDep, rid: RequestId = None) -> Any:
     """Empty every cache node, the S3 bucket and the RDS tables."""
     return await _clear(client, settings, rid, full=True)
@@ -332,12 +433,27 @@ HOME = """<!doctype html>
 """
 
 
-@router.get("/api/scaler/", response_class=HTMLResponse)
+@router.get("/api/scaler/", response_class=HTMLResponse, include_in_schema=False)
 async def scaler_home(settings: SettingsDep) -> HTMLResponse:
     return HTMLResponse(HOME.format(pool=settings.default_pool_name))
 
 
-@router.post("/api/scaler/config")
+@router.post(
+    "/api/scaler/config",
+    response_model=Ok[AutoscalerConfig],
+    responses={
+        **NO_POOL,
+        **error_docs(
+            MemcacheError,
+            {
+                400: "A field out of its range, or min_miss_rate_threshold not below "
+                "max_miss_rate_threshold (after merging with the current configuration)",
+                409: "The pool cannot take an auto-scaler now",
+            },
+        ),
+    },
+    openapi_extra=form_or_json(ScalerConfigBody, required=False),
+)
 async def scaler_config(request: Request, client: ClientDep, settings: SettingsDep) -> JSONResponse:
     """The auto-scaler's configuration; a field left out keeps its value. Switching
     ``auto_mode`` on evaluates the rule at once."""
@@ -347,7 +463,14 @@ async def scaler_config(request: Request, client: ClientDep, settings: SettingsD
     return ok(new.autoscaler.model_dump())
 
 
-@router.post("/api/scaler/terminate_all")
+@router.post(
+    "/api/scaler/terminate_all",
+    response_model=Ok[TerminateAll],
+    responses={
+        **RESIZE_ERRORS,
+        **error_docs(MemcacheError, {400: "The pool has no nodes to terminate"}),
+    },
+)
 async def terminate_all(client: ClientDep, settings: SettingsDep, rid: RequestId = None) -> Any:
     """Scale in every node, MinCount notwithstanding; the pool then tops itself up to
     MinCount with new nodes."""
@@ -365,13 +488,33 @@ async def terminate_all(client: ClientDep, settings: SettingsDep, rid: RequestId
     return ok({"ID": await submit(client, settings, req), "nodes": ids})
 
 
-@router.api_route("/api/scaler/list", methods=["GET", "POST"])
+@router.get(
+    "/api/scaler/list",
+    response_model=Ok[list[NodeDoc]],
+    responses=NO_POOL,
+    operation_id="scaler_list_get",
+)
+@router.post(
+    "/api/scaler/list",
+    response_model=Ok[list[NodeDoc]],
+    responses=NO_POOL,
+    operation_id="scaler_list_post",
+)
 async def scaler_list(client: ClientDep, settings: SettingsDep) -> JSONResponse:
+    """The pool's nodes, oldest first (the original's page of EC2 instances, as JSON)."""
     view = await view_of(client, settings)
     return ok([node_doc(n) for n in members(view)])
 
 
-@router.post("/api/scaler/set_test_miss_rate")
+@router.post(
+    "/api/scaler/set_test_miss_rate",
+    response_model=Ok[TestMissRate],
+    responses={
+        **NO_POOL,
+        **error_docs(MemcacheError, {409: "The pool cannot evaluate the rule now"}),
+    },
+    openapi_extra=form_or_json(TestMissRateBody),
+)
 async def set_test_miss_rate(
     request: Request, client: ClientDep, settings: SettingsDep
 ) -> JSONResponse:
@@ -381,13 +524,24 @@ async def set_test_miss_rate(
     return ok({"test_miss_rate": rate, "result": reason})
 
 
-@router.get("/api/scaler/cache_list")
+@router.get("/api/scaler/cache_list", response_model=Ok[CacheList], responses=NO_POOL)
 async def read_cache_list(client: ClientDep, settings: SettingsDep) -> JSONResponse:
     view = await view_of(client, settings)
     return ok({"cache_pool_ids": [n.id for n in members(view)]})
 
 
-@router.post("/api/scaler/cache_list")
+@router.post(
+    "/api/scaler/cache_list",
+    response_model=Ok[CacheListChange],
+    responses={
+        **RESIZE_ERRORS,
+        **error_docs(
+            MemcacheError,
+            {400: "A body that is not what the route takes, or an id of no node of the pool"},
+        ),
+    },
+    openapi_extra=form_or_json(CacheListBody),
+)
 async def write_cache_list(
     request: Request, client: ClientDep, settings: SettingsDep, rid: RequestId = None
 ) -> JSONResponse:
@@ -414,7 +568,21 @@ async def write_cache_list(
     return ok({"ID": await submit(client, settings, req), "removed": remove})
 
 
-@router.post("/api/poolsize/change")
+@router.post(
+    "/api/poolsize/change",
+    response_model=Ok[NodeDeleted],
+    responses={
+        **RESIZE_ERRORS,
+        **error_docs(
+            MemcacheError,
+            {
+                400: "A body that is not what the route takes, no node at cache_ip, a "
+                "host several nodes share, or the pool already at its minimum"
+            },
+        ),
+    },
+    openapi_extra=form_or_json(NodeDeleteBody),
+)
 async def delete_node(
     request: Request, client: ClientDep, settings: SettingsDep, rid: RequestId = None
 ) -> JSONResponse:

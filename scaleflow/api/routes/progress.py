@@ -12,15 +12,17 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 from datetime import timedelta
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
 from scaleflow.api.deps import ClientDep, EventsDep
 from scaleflow.api.events import CLOSED
 from scaleflow.api.limits import retried
+from scaleflow.api.schemas.common import OPERATION_ID_EXAMPLE
+from scaleflow.api.schemas.errors import ChemtrailError, common_errors, error_docs
 from scaleflow.core.errors import ErrorKind, ScaleflowError
 from scaleflow.core.migration_io import OperationProgress, SlotMigrationProgress
 from scaleflow.workflows.data_clear import DataClearWorkflow
@@ -30,7 +32,15 @@ from scaleflow.workflows.rollout import ConfigRolloutWorkflow
 from scaleflow.workflows.scale_in import ScaleInWorkflow
 from scaleflow.workflows.scale_out import ScaleOutWorkflow
 
-router = APIRouter(tags=["scaleflow"])
+router = APIRouter(tags=["scaleflow"], responses=common_errors(ChemtrailError))
+PROGRESS_EXAMPLE = {
+    "status": "in-progress",
+    "slots_done": 4096,
+    "slots_total": 8192,
+    "keys_moved": 120345,
+    "details": "4096 of 8192 slots and 120345 keys moved",
+    "migrations": ["036e4bd6-8f7d-4a8c-bf90-790790bbdc2a/migration-1"],
+}
 
 # The operations that may run slot migrations (they answer the ``migrations`` query);
 # broker and genisys operations move no memcached slots.
@@ -88,9 +98,19 @@ def details(status: str, parts: list[SlotMigrationProgress], done: int, total: i
     return f"{done} of {total} slots and {keys} keys moved{runs}"
 
 
-@router.get("/v1/scale/progress/{op_id}", response_model=OperationProgress)
+@router.get(
+    "/v1/scale/progress/{op_id}",
+    response_model=OperationProgress,
+    responses={
+        200: {"content": {"application/json": {"example": PROGRESS_EXAMPLE}}},
+        **error_docs(ChemtrailError, {404: "No such operation (or a malformed ID)"}),
+    },
+)
 async def read_progress(
-    op_id: str, request: Request, client: ClientDep, events: EventsDep
+    op_id: Annotated[str, Path(description="An operation's ID", examples=[OPERATION_ID_EXAMPLE])],
+    request: Request,
+    client: ClientDep,
+    events: EventsDep,
 ) -> OperationProgress:
     """Slots and keys the operation's slot migrations moved so far, summed."""
     cache = _cache(request)
