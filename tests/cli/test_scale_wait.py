@@ -16,6 +16,7 @@ from scaleflow.cli_http import ApiClient
 from tests.cli.helpers import CLI, DroppingProxy, cli_env, gated_memcached, run_cli
 from tests.e2e.slot_helpers import keyset, write_all
 from tests.e2e.stack import stack, stack_settings
+from tests.e2e.test_cancel_scale_in import draining_node, held_connections
 
 SUCCESS = "scaling activity has successfully completed"
 OP_LINE = re.compile(r"operation ([0-9a-f-]{36})")
@@ -190,3 +191,29 @@ async def test_a_request_id_sent_twice_scales_once(
         assert len(view["nodes"]) == 3 and view["queue"] == []
         listing = (await st.http.get("/v1/scale/status", params=ops)).json()
         assert set(listing) - before == {one, lost}
+
+
+async def test_a_drain_in_progress_says_so(dev_env: WorkflowEnvironment, tmp_path: Path) -> None:
+    settings = stack_settings(tmp_path, dev_env.client)
+    async with stack(settings, dev_env.client) as st:
+        name = st.pool_name()
+        await st.put_policy(name, MinCount=1, DrainDeadlineSeconds=120)
+        await st.http.post(f"/v1/scale/out/{name}")
+        view = await st.wait_pool(name, 2)
+        addresses = [n["address"] for n in view["nodes"]]
+        with held_connections(addresses):
+            op_id = (await st.http.post(f"/v1/scale/in/{name}")).json()["ID"]
+            node = await draining_node(st, name)
+            shown: dict[str, object] = {}
+            for _ in range(300):
+                shown = (await st.http.get(f"/v1/scale/progress/{op_id}")).json()
+                if str(shown["details"]).startswith("draining node"):
+                    break
+                await asyncio.sleep(0.1)
+            assert str(shown["details"]).startswith(f"draining node {node}: 1 connections left")
+            # Its slots already moved: the numbers still say so.
+            assert shown["slots_total"] == 8192 == shown["slots_done"]
+            assert shown["status"] in ("started", "in-progress")
+        await st.wait_status(op_id)
+        final = (await st.http.get(f"/v1/scale/progress/{op_id}")).json()
+        assert final["details"].startswith("8192 of 8192 slots")

@@ -15,7 +15,7 @@ from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request
-from temporalio.client import Client
+from temporalio.client import Client, RPCTimeoutOrCancelledError, WorkflowQueryFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from scaleflow.api.deps import ClientDep, EventsDep
@@ -53,6 +53,8 @@ MIGRATING_TYPES = frozenset(
 QUERY_TIMEOUT = timedelta(seconds=10)
 # Closed operations' progress never changes: kept, so that polling does not replay.
 CACHE_SIZE = 1000
+# The SDK's built-in query: a workflow's summary, details and current details.
+METADATA_QUERY = "__temporal_workflow_metadata"
 # The answer before a migration child has started: there is nothing to count yet.
 NOT_STARTED = (RPCStatusCode.NOT_FOUND, RPCStatusCode.FAILED_PRECONDITION)
 
@@ -90,7 +92,21 @@ async def migration_ids(client: Client, op_id: str) -> list[str]:
     return ids or []
 
 
-def details(status: str, parts: list[SlotMigrationProgress], done: int, total: int) -> str:
+async def current_details(client: Client, op_id: str) -> str:
+    """What the running operation says it is doing (``workflow.set_current_details``,
+    e.g. a drain's open connections); blank when it says nothing or cannot answer."""
+    try:
+        meta = await _query(client, op_id, METADATA_QUERY)
+    except (RPCError, WorkflowQueryFailedError, RPCTimeoutOrCancelledError):
+        return ""  # the numbers above still answer
+    return str(getattr(meta, "current_details", "") or "")
+
+
+def details(
+    status: str, parts: list[SlotMigrationProgress], done: int, total: int, live: str = ""
+) -> str:
+    if live:
+        return live
     if not parts:
         return "no slot migration" + ("" if status in CLOSED else " yet")
     keys = sum(p.keys_moved for p in parts)
@@ -125,6 +141,9 @@ async def read_progress(
     answers = await asyncio.gather(*(_query(client, i, query) for i in ids))
     found = [(i, p) for i, p in zip(ids, answers, strict=True) if p is not None]
     parts: list[SlotMigrationProgress] = [p for _, p in found]
+    # While it runs, the operation's own words on what it does now (a drain, after its
+    # slots moved) come before the slot count.
+    live = "" if doc.status in CLOSED else await current_details(client, op_id)
     done = sum(p.slots_done for p in parts)
     total = sum(p.slots_total for p in parts)
     progress = OperationProgress(
@@ -132,7 +151,7 @@ async def read_progress(
         slots_done=done,
         slots_total=total,
         keys_moved=sum(p.keys_moved for p in parts),
-        details=details(doc.status, parts, done, total),
+        details=details(doc.status, parts, done, total, live),
         migrations=[i for i, _ in found],
     )
     if doc.status in CLOSED:
