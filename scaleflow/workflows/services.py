@@ -232,7 +232,13 @@ class ServiceWorkflow:
             # A timeout means the period passed: _check_due() now says so.
             with contextlib.suppress(TimeoutError):
                 await workflow.wait_condition(
-                    lambda: self.ops.has_work() or self._idle_check_due() or self._may_end(),
+                    # Ending waits for the running operation: a bare _may_end() would
+                    # spin this loop (no await) until the SDK called it a deadlock.
+                    lambda: (
+                        self.ops.has_work()
+                        or self._idle_check_due()
+                        or (self._may_end() and self.ops.idle())
+                    ),
                     timeout=self._until_check() if self.ops.idle() else None,
                 )
             # History-driven work first, requests just accepted last (see PoolWorkflow).

@@ -155,7 +155,9 @@ class PoolWorkflow:
             self._queued_work()
             or (self.sync_needed and self.ops.idle())
             or self._below_min()
-            or self._may_end()
+            # Ending waits for the open operations (the loop ends only when idle): a
+            # bare _may_end() would spin the loop, never yielding, into a deadlock.
+            or (self._may_end() and self.ops.idle())
         )
 
     def _may_end(self) -> bool:
