@@ -20,6 +20,7 @@ BENCHMARKS = [
     "migration",
     "resize_load",
     "autoscaler_day",
+    "policy_autoscaler_day",
     "throughput",
     "broker_migration",
 ]

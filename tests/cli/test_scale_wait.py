@@ -198,7 +198,9 @@ async def test_a_drain_in_progress_says_so(dev_env: WorkflowEnvironment, tmp_pat
     async with stack(settings, dev_env.client) as st:
         name = st.pool_name()
         await st.put_policy(name, MinCount=1, DrainDeadlineSeconds=120)
-        await st.http.post(f"/v1/scale/out/{name}")
+        await st.wait_pool(name, 1)
+        resp = await st.http.post(f"/v1/scale/out/{name}")
+        assert resp.status_code == 201, resp.text
         view = await st.wait_pool(name, 2)
         addresses = [n["address"] for n in view["nodes"]]
         with held_connections(addresses):
