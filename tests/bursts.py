@@ -9,6 +9,7 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 from temporalio.client import Client
@@ -16,6 +17,9 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
 from scaleflow.worker import WORKFLOWS
+
+if TYPE_CHECKING:
+    from tests.e2e.stack import Stack
 
 HISTORIES = Path(__file__).parent / "histories"
 
@@ -69,3 +73,19 @@ async def assert_replays(client: Client, workflow_id: str, keep_as: str | None =
     await replayer.replay_workflow(history)
     if keep_as and os.environ.get("SCALEFLOW_RECORD_HISTORIES") == "1":
         (HISTORIES / f"{keep_as}.json").write_text(history.to_json())
+
+
+async def pool_size(st: Stack, name: str) -> int | None:
+    resp = await st.http.get(f"/v1/pools/{name}")
+    return len(resp.json()["nodes"]) if resp.status_code == 200 else None
+
+
+async def all_succeed(st: Stack, op_ids: list[str]) -> None:
+    docs = await asyncio.gather(*(st.wait_status(op, timeout_s=180) for op in op_ids))
+    assert all(d["Status"] == "success" for d in docs)
+
+
+async def still_answers(st: Stack, name: str) -> None:
+    for path in (f"/v1/pools/{name}", f"/v1/pools/{name}/slots", f"/v1/scale/status?pool={name}"):
+        resp = await st.http.get(path)
+        assert resp.status_code == 200, (path, resp.text)

@@ -1,11 +1,5 @@
-"""Every activity boundary of every kind of operation, crossed by a SIGKILLed worker
-and by a cancel: the operation must end right and leave the pool whole.
-
-For each operation, a run with no fault counts its k activities from the history;
-then N = 1..k are each a case of their own (run a few at a time, on one dev server).
-``tests/chaos/harness.py`` says what a case checks. The table is printed here (-s)
-and at the end of the run.
-"""
+"""The chaos matrix's set-up, shared by its files: one file per group of operations, so
+that pytest-xdist (``--dist loadfile``) spreads the matrix over its workers."""
 
 from __future__ import annotations
 
@@ -16,21 +10,18 @@ from typing import Any
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
-from tests.chaos.harness import (
-    OPERATIONS,
-    Aws,
-    Env,
-    Operation,
-    Row,
-    record,
-    run_case,
-    run_matrix,
-    table,
-)
+from tests.chaos.harness import OPERATIONS, Aws, Env, Operation, Row, record, run_case, run_matrix
+from tests.chaos.harness import table as rows_table
 from tests.doubles.nomad_double import start_nomad_double
 
 # One baseline per operation, shared by its kill and cancel matrices.
 BASELINES: dict[str, Row] = {}
+
+
+def operations(*names: str) -> list[Operation]:
+    found = [o for o in OPERATIONS if o.name in names]
+    assert len(found) == len(names), f"unknown operations among {names}"
+    return found
 
 
 @pytest.fixture
@@ -68,16 +59,14 @@ async def baseline(env: Env, op: Operation) -> Row:
     return BASELINES[op.name]
 
 
-@pytest.mark.timeout(900)
-@pytest.mark.parametrize("mode", ["kill", "cancel"])
-@pytest.mark.parametrize("op", OPERATIONS, ids=[o.name for o in OPERATIONS])
-async def test_every_activity_boundary(env: Env, op: Operation, mode: str) -> None:
+async def every_boundary(env: Env, op: Operation, mode: str) -> None:
+    """A fault (``kill`` or ``cancel``) after each of the operation's k activities."""
     base = await baseline(env, op)
-    assert base.ok, f"the run without a fault already fails:\n{table([base])}"
+    assert base.ok, f"the run without a fault already fails:\n{rows_table([base])}"
     k = len(base.activities)
     assert k > 0, "the operation ran no activity"
     rows = await run_matrix(env, op, mode, range(1, k + 1))
     record(rows)
-    print(f"\n{table([base, *rows])}")
+    print(f"\n{rows_table([base, *rows])}")
     failed = [r for r in rows if not r.ok]
-    assert not failed, f"{len(failed)} of {len(rows)} cases failed:\n{table(failed)}"
+    assert not failed, f"{len(failed)} of {len(rows)} cases failed:\n{rows_table(failed)}"
