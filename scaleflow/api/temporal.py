@@ -56,6 +56,17 @@ async def upsert_pool(
     )
 
 
+async def query_pool(client: Client, name: str, query: Any) -> Any:
+    """A query of an existing pool; 404 (``no pool named``) when there is none."""
+    try:
+        handle = pool_handle(client, name)
+        return await retried(handle.id, lambda: handle.query(query))
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            raise ScaleflowError(ErrorKind.NOT_FOUND, f"no pool named {name!r}") from exc
+        raise
+
+
 async def pool_view(client: Client, name: str) -> PoolView | None:
     try:
         handle = pool_handle(client, name)

@@ -183,7 +183,15 @@ def stack_settings(tmp: Path, client: Client, **over: Any) -> Settings:
 async def running_api(settings: Settings, client: Client) -> AsyncIterator[httpx.AsyncClient]:
     port = processes.free_port()
     server = uvicorn.Server(
-        uvicorn.Config(create_app(settings, client), host="127.0.0.1", port=port, log_config=None)
+        uvicorn.Config(
+            create_app(settings, client),
+            host="127.0.0.1",
+            port=port,
+            log_config=None,
+            # A request still open at the end (a client's keep-alive, a slow query) must
+            # not hold the test's teardown forever.
+            timeout_graceful_shutdown=10,
+        )
     )
     task = asyncio.create_task(server.serve())
     while not server.started:

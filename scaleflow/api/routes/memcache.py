@@ -21,10 +21,8 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from temporalio.client import Client, WorkflowQueryFailedError
-from temporalio.service import RPCError, RPCStatusCode
 
 from scaleflow.api.deps import ClientDep, RequestId, SettingsDep
-from scaleflow.api.limits import retried
 from scaleflow.api.schemas.common import FORMS, JSON, body_doc, validate_json
 from scaleflow.api.schemas.errors import MemcacheError, common_errors, error_docs
 from scaleflow.api.schemas.memcache import (
@@ -50,7 +48,7 @@ from scaleflow.api.schemas.memcache import (
     TestMissRate,
     TestMissRateBody,
 )
-from scaleflow.api.temporal import call_pool, pool_handle, pool_view
+from scaleflow.api.temporal import call_pool, pool_view, query_pool
 from scaleflow.core.autoscale import AutoscalerConfig, StatsSample
 from scaleflow.core.errors import ErrorKind, ScaleflowError
 from scaleflow.core.models import (
@@ -303,14 +301,7 @@ async def aggregate_stats(client: ClientDep, settings: SettingsDep) -> JSONRespo
 async def stats_of(client: Client, settings: Settings) -> list[StatsSample]:
     name = settings.default_pool_name
     try:
-        handle = pool_handle(client, name)
-        samples: list[StatsSample] = await retried(
-            handle.id, lambda: handle.query(PoolWorkflow.stats)
-        )
-    except RPCError as exc:
-        if exc.status == RPCStatusCode.NOT_FOUND:
-            raise ScaleflowError(ErrorKind.NOT_FOUND, f"no pool named {name!r}") from exc
-        raise
+        samples: list[StatsSample] = await query_pool(client, name, PoolWorkflow.stats)
     except WorkflowQueryFailedError as exc:
         raise StarletteHTTPException(503, f"pool {name} could not answer: {exc}") from exc
     return samples

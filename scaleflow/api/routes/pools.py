@@ -9,13 +9,11 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Path, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from temporalio.service import RPCError, RPCStatusCode
 
 from scaleflow.api.deps import ClientDep, RequestId, SettingsDep
-from scaleflow.api.limits import retried
 from scaleflow.api.schemas.common import OPERATION_ID_EXAMPLE, OperationStarted
 from scaleflow.api.schemas.errors import ChemtrailError, common_errors, error_docs
-from scaleflow.api.temporal import call_pool, pool_handle, pool_view, pool_views
+from scaleflow.api.temporal import call_pool, pool_view, pool_views, query_pool
 from scaleflow.core.autoscaling.decision import DecisionRecord
 from scaleflow.core.errors import ErrorKind, ScaleflowError
 from scaleflow.core.models import (
@@ -99,13 +97,7 @@ async def read_slots(
 ) -> SlotMap | Response:
     """The pool's slot map. Its ETag is the epoch: a client polling with
     ``If-None-Match`` gets 304 until the map changes."""
-    try:
-        handle = pool_handle(client, name)
-        slot_map: SlotMap = await retried(handle.id, lambda: handle.query(PoolWorkflow.slots))
-    except RPCError as exc:
-        if exc.status == RPCStatusCode.NOT_FOUND:
-            raise ScaleflowError(ErrorKind.NOT_FOUND, f"no pool named {name!r}") from exc
-        raise
+    slot_map: SlotMap = await query_pool(client, name, PoolWorkflow.slots)
     etag = f'"{slot_map.epoch}"'
     if if_none_match == etag:
         return Response(status_code=304, headers={"ETag": etag})
@@ -137,15 +129,7 @@ async def read_decisions(name: PoolName, client: ClientDep) -> list[DecisionReco
     """The pool's autoscaler's last 100 decisions, oldest first: the reading, the rule,
     the result, and whether it was acted on (queued as ``operation``) or held, skipped
     or a dry run."""
-    try:
-        handle = pool_handle(client, name)
-        found: list[DecisionRecord] = await retried(
-            handle.id, lambda: handle.query(PoolWorkflow.decisions)
-        )
-    except RPCError as exc:
-        if exc.status == RPCStatusCode.NOT_FOUND:
-            raise ScaleflowError(ErrorKind.NOT_FOUND, f"no pool named {name!r}") from exc
-        raise
+    found: list[DecisionRecord] = await query_pool(client, name, PoolWorkflow.decisions)
     return found
 
 
