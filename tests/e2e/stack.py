@@ -191,6 +191,9 @@ async def running_api(settings: Settings, client: Client) -> AsyncIterator[httpx
             # A request still open at the end (a client's keep-alive, a slow query) must
             # not hold the test's teardown forever.
             timeout_graceful_shutdown=10,
+            # Longer than any wait of a burst's queued requests: a keep-alive connection
+            # the server closes just as the client reuses it is a ReadError, not a 5xx.
+            timeout_keep_alive=120,
         )
     )
     task = asyncio.create_task(server.serve())
