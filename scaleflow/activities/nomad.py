@@ -197,14 +197,14 @@ class NomadClient:
 
     def list_nodes(self) -> list[NomadNodeStub]:
         data = self._request("GET", "/v1/nodes")
-        return [_parse(NomadNodeStub, item) for item in data or []]
+        return [parse_reply(NomadNodeStub, item) for item in data or []]
 
     def node(self, node_id: str) -> NomadNode:
-        return _parse(NomadNode, self._request("GET", f"/v1/node/{node_id}"))
+        return parse_reply(NomadNode, self._request("GET", f"/v1/node/{node_id}"))
 
     def allocations(self, node_id: str) -> list[NomadAllocation]:
         data = self._request("GET", f"/v1/node/{node_id}/allocations")
-        return [_parse(NomadAllocation, item) for item in data or []]
+        return [parse_reply(NomadAllocation, item) for item in data or []]
 
     def drain(self, node_id: str, deadline_ns: int) -> dict[str, Any]:
         body = {
@@ -217,7 +217,8 @@ class NomadClient:
 M = TypeVar("M", bound=BaseModel)
 
 
-def _parse(model: type[M], data: Any) -> M:
+def parse_reply(model: type[M], data: Any) -> M:
+    """A Nomad answer as ``model``; an unexpected shape is retryable."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:

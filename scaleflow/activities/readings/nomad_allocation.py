@@ -8,9 +8,7 @@ less Reserved before Nomad 0.9), and only ready, eligible, undrained nodes count
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from scaleflow.activities.nomad import (
     DEFAULT_CLASS,
@@ -22,6 +20,7 @@ from scaleflow.activities.nomad import (
     NomadNodeResources,
     NomadNodeStub,
     NomadNotFound,
+    parse_reply,
 )
 from scaleflow.activities.notes import fatal, retryable
 from scaleflow.core.autoscaling.allocation import NoCapacity, NodeAllocation, allocation_readings
@@ -86,16 +85,6 @@ class AllocationUsage(NomadAllocation):
         )
 
 
-M = TypeVar("M", bound=BaseModel)
-
-
-def _parse(model: type[M], data: Any) -> M:
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise retryable(f"nomad returned an unexpected {model.__name__}: {exc}", SOURCE) from exc
-
-
 class NomadUsageClient(NomadClient):
     """The engine's client, reading the resource fields its models leave out."""
 
@@ -103,14 +92,14 @@ class NomadUsageClient(NomadClient):
         # resources=true: capacity in the list itself, not one read per node (older
         # Nomads ignore the parameter; their nodes are then read one by one).
         data = self._request("GET", "/v1/nodes?resources=true")
-        return [_parse(StubWithCapacity, item) for item in data or []]
+        return [parse_reply(StubWithCapacity, item) for item in data or []]
 
     def node_with_capacity(self, node_id: str) -> NodeWithCapacity:
-        return _parse(NodeWithCapacity, self._request("GET", f"/v1/node/{node_id}"))
+        return parse_reply(NodeWithCapacity, self._request("GET", f"/v1/node/{node_id}"))
 
     def allocation_usage(self, node_id: str) -> list[AllocationUsage]:
         data = self._request("GET", f"/v1/node/{node_id}/allocations")
-        return [_parse(AllocationUsage, item) for item in data or []]
+        return [parse_reply(AllocationUsage, item) for item in data or []]
 
 
 def _schedulable(node: NomadNodeStub) -> bool:
