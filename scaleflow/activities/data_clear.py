@@ -26,6 +26,7 @@ from temporalio.exceptions import ApplicationError
 
 from scaleflow.activities.memcached import node_client
 from scaleflow.activities.notes import fatal, note, retryable
+from scaleflow.activities.threads import cancel_held_while_starting_threads
 from scaleflow.core.data_clear_io import (
     TRUNCATE_WORK_S,
     ClearInput,
@@ -98,7 +99,8 @@ class Ticker:
             # reach it.
             ctx = contextvars.copy_context()
             self._thread = threading.Thread(target=ctx.run, args=(self._loop,), daemon=True)
-            self._thread.start()
+            with cancel_held_while_starting_threads():
+                self._thread.start()
         return self
 
     def __exit__(

@@ -21,6 +21,7 @@ from temporalio import activity
 from temporalio.exceptions import CancelledError
 
 from scaleflow.activities.notes import fatal, note, retryable
+from scaleflow.activities.threads import cancel_held_while_starting_threads
 from scaleflow.core.broker.activity_io import (
     FailoverInput,
     FailoverResult,
@@ -1077,7 +1078,10 @@ def ping_nodes(req: PingNodesInput) -> PingNodesResult:
     if not req.addresses:
         return PingNodesResult()
     with ThreadPoolExecutor(max_workers=min(32, len(req.addresses))) as pool:
-        answers = list(pool.map(alive, req.addresses))
+        # map submits every ping, and so starts every thread, before it returns.
+        with cancel_held_while_starting_threads():
+            pings = pool.map(alive, req.addresses)
+        answers = list(pings)
     return PingNodesResult(
         alive=[a for a, ok in zip(req.addresses, answers, strict=True) if ok],
         dead=[a for a, ok in zip(req.addresses, answers, strict=True) if not ok],
