@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +47,9 @@ class Sampler:
             value = await self.read()
             if value is not None:
                 self.seen.append(value)
-            await asyncio.sleep(0.02)
+            # Twenty reads a second: dense enough to catch a step past a bound, sparse
+            # enough to leave the CPU to the burst it watches.
+            await asyncio.sleep(0.05)
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[Sampler]:
@@ -80,9 +83,13 @@ async def pool_size(st: Stack, name: str) -> int | None:
     return len(resp.json()["nodes"]) if resp.status_code == 200 else None
 
 
-async def all_succeed(st: Stack, op_ids: list[str]) -> None:
-    docs = await asyncio.gather(*(st.wait_status(op, timeout_s=180) for op in op_ids))
-    assert all(d["Status"] == "success" for d in docs)
+async def all_succeed(st: Stack, op_ids: list[str], timeout_s: float = 180) -> None:
+    # One at a time: a pool runs its operations in turn, so the later ones are mostly
+    # done when their turn to be read comes, and only one is being polled at once.
+    deadline = time.monotonic() + timeout_s
+    for op in op_ids:
+        doc = await st.wait_status(op, timeout_s=max(1.0, deadline - time.monotonic()))
+        assert doc["Status"] == "success", doc
 
 
 async def still_answers(st: Stack, name: str) -> None:

@@ -26,6 +26,7 @@ from scaleflow.activities.providers.local import LocalProvider
 from scaleflow.api.app import create_app
 from scaleflow.core.settings import Settings
 from scaleflow.worker import build_worker
+from tests.polling import Backoff
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -123,21 +124,21 @@ class Stack:
 
     async def wait_pool(self, name: str, nodes: int, timeout_s: float = 60) -> dict[str, Any]:
         view: dict[str, Any] = {}
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        wait = Backoff(timeout_s)
+        while not wait.expired():
             view = await self.pool(name)
             ready = [n for n in view["nodes"] if n["state"] == "ready"]
             if not view["queue"] and len(view["nodes"]) == nodes == len(ready):
                 return view
-            await asyncio.sleep(0.1)
+            await wait.sleep()
         raise AssertionError(f"pool {name} did not reach {nodes} ready nodes: {view}")
 
     async def wait_status(
         self, op_id: str, statuses: tuple[str, ...] = ("success",), timeout_s: float = 90
     ) -> dict[str, Any]:
         doc: dict[str, Any] = {}
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        wait = Backoff(timeout_s)
+        while not wait.expired():
             resp = await self.http.get(f"/v1/scale/status/{op_id}")
             if resp.status_code == 200:
                 doc = resp.json()
@@ -145,7 +146,7 @@ class Stack:
                     return doc
                 if doc["Status"] in ("success", "failed", "cancelled"):
                     raise AssertionError(f"operation ended {doc['Status']}: {doc}")
-            await asyncio.sleep(0.1)
+            await wait.sleep()
         raise AssertionError(f"operation {op_id} not in {statuses}: {doc}")
 
     async def wait_activity(self, op_id: str, activity_type: str, timeout_s: float = 60) -> None:

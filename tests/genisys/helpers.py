@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -16,6 +15,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
 from scaleflow.core.genisys import REGISTRY_ID
+from tests.polling import Backoff
 
 
 async def retire(client: Client, task_queue: str) -> None:
@@ -67,13 +67,13 @@ async def upscale(http: httpx.AsyncClient, service: str, compute: str, way: str 
 
 async def eventually(check: Callable[[], Any], what: str, timeout_s: float = 60) -> Any:
     """Polls ``check`` (sync or async) until it returns something truthy."""
-    deadline = time.monotonic() + timeout_s
+    wait = Backoff(timeout_s)
     last: Any = None
-    while time.monotonic() < deadline:
+    while not wait.expired():
         last = check()
         if asyncio.iscoroutine(last):
             last = await last
         if last:
             return last
-        await asyncio.sleep(0.05)
+        await wait.sleep()
     raise AssertionError(f"{what}: last saw {last!r}")
