@@ -12,10 +12,13 @@ key readable. Replacements already finished stay done (their old nodes are gone)
 pool of several nodes may be left with some nodes on the new settings; the pool's
 recorded settings change only when the whole roll-out succeeds. A cancel that comes
 while an old node is being terminated lets that step finish, and the next step does not
-start.
+start; so does one that lands together with the termination's result (the SDK raises it
+in place of that result).
 """
 
 from __future__ import annotations
+
+import asyncio
 
 from temporalio import workflow
 
@@ -41,6 +44,9 @@ APPLIED_SIGNAL = "cache_settings_applied"
 # workflow.patched id: a replacement cut short gives the old node its slots back and
 # destroys the new node (before: both stayed members once the new one owned slots).
 ROLLOUT_UNDOES_STEP = "rollout-undoes-step"
+# workflow.patched id: a cancel raised in place of a terminate_node result no longer skips
+# the node's "terminated" report (before: the pool kept a node the provider had not).
+ROLLOUT_REPORTS_TERMINATION = "rollout-reports-termination"
 
 
 @workflow.defn
@@ -98,10 +104,7 @@ class ConfigRolloutWorkflow(OperationBase):
                 target = made.node if made else Node(id=node_id, created_at=workflow.now())
                 if joined:
                     await self.forget([node_id])
-                await self.terminate(inp, target)
-                if joined:
-                    gone = target.model_copy(update={"state": NodeState.TERMINATED})
-                    await self.report(inp.op_id, gone)
+                await self._destroy(inp, target, reported=joined)
             raise
         return up.node
 
@@ -124,8 +127,7 @@ class ConfigRolloutWorkflow(OperationBase):
                     await self._undo_before_patch(inp, old, new)
             raise
         with self.committed():
-            await self.terminate(inp, draining)
-            await self.report(inp.op_id, old.model_copy(update={"state": NodeState.TERMINATED}))
+            await self._destroy(inp, draining)
 
     async def _undo(self, inp: OperationInput, old: Node, new: Node) -> None:
         """Undo a replacement cut short: ``old`` takes back the slots ``new`` got, with
@@ -141,8 +143,27 @@ class ConfigRolloutWorkflow(OperationBase):
         finally:
             await self.report(inp.op_id, old)
         await self.forget([new.id])
-        await self.terminate(inp, new)
-        await self.report(inp.op_id, new.model_copy(update={"state": NodeState.TERMINATED}))
+        await self._destroy(inp, new)
+
+    async def _destroy(self, inp: OperationInput, node: Node, reported: bool = True) -> None:
+        """Terminate ``node`` and, if the pool knows it (``reported``), report it gone.
+
+        A cancel that reaches the workflow in the same task as terminate_node's result is
+        raised by the SDK in place of that result, though the node may be gone: the report
+        was skipped, and the pool kept a node the provider no longer had. Terminating again
+        is harmless (it finds the node gone) and says how it really ended; the cancel then
+        counts as one that an await swallowed: :meth:`honour_cancel` raises it at the next
+        step, and compensation ends with its own error anyway."""
+        try:
+            await self.terminate(inp, node)
+        except asyncio.CancelledError:
+            if workflow.cancellation_reason() is None or not workflow.patched(
+                ROLLOUT_REPORTS_TERMINATION
+            ):
+                raise  # not the operation's cancel (an eviction), or a history from before
+            await self.terminate(inp, node)
+        if reported:
+            await self.report(inp.op_id, node.model_copy(update={"state": NodeState.TERMINATED}))
 
     async def _undo_before_patch(self, inp: OperationInput, old: Node, new: Node) -> None:
         """What a replacement cut short did before ``ROLLOUT_UNDOES_STEP``, kept for
