@@ -63,6 +63,7 @@ from scaleflow.worker import (
 from tests.doubles.nomad_double import NomadApiDouble
 from tests.e2e.slot_helpers import keyset, missing, owned_once, write_all
 from tests.e2e.stack import WorkerProcess, memcached_pids, running_api, stack_settings
+from tests.polling import Backoff
 
 KEYS = 300
 CASE_TIMEOUT_S = 240
@@ -383,13 +384,13 @@ async def _put_policy(case: Case, **body: Any) -> None:
 
 async def _wait_nodes(case: Case, count: int, timeout_s: float = 60) -> None:
     view: dict[str, Any] = {}
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    wait = Backoff(timeout_s)
+    while not wait.expired():
         view = await case.view()
         ready = [n for n in view["nodes"] if n["state"] == "ready"]
         if not view["queue"] and len(view["nodes"]) == count == len(ready):
             return
-        await asyncio.sleep(0.05)
+        await wait.sleep()
     raise AssertionError(f"pool never reached {count} ready nodes: {view}")
 
 
@@ -553,25 +554,25 @@ async def _status(case: Case) -> str | None:
 
 async def _final(case: Case, timeout_s: float = 150) -> dict[str, Any]:
     doc: dict[str, Any] = {}
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    wait = Backoff(timeout_s)
+    while not wait.expired():
         resp = await case.http.get(f"/v1/scale/status/{case.op_id}")
         if resp.status_code == 200:
             doc = resp.json()
             if doc["Status"] in TERMINAL:
                 return doc
-        await asyncio.sleep(0.1)
+        await wait.sleep()
     raise AssertionError(f"operation did not end within {timeout_s:g}s: {doc.get('Status')}")
 
 
 async def _settle(case: Case, timeout_s: float = 30) -> None:
     """Until the pool has taken in the operation's end (its queue is empty)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    wait = Backoff(timeout_s)
+    while not wait.expired():
         view = await case.view()
         if not view["queue"] and view.get("running") is None:
             return
-        await asyncio.sleep(0.05)
+        await wait.sleep()
     case.row.problems.append(f"the pool never settled: {await case.view()}")
 
 
