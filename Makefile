@@ -52,7 +52,7 @@ run: deps
 test: test-deps
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/pytest -q -p no:cacheprovider -n 3 --dist loadfile
+	$(BIN)/pytest -q -p no:cacheprovider -n 3 --dist loadfile --no-loadscope-reorder
 
 # The benchmarks reuse the test suite's stack helpers, so they need the test tools.
 bench: $(DEV_STAMP)

@@ -85,6 +85,41 @@ def provider(settings: Settings, memcached_bin: str) -> Iterator[LocalProvider]:
             assert processes.find_listening("memcached", "127.0.0.1", port) is None
 
 
+# The longest files, longest first (``--durations`` on a 2-core machine). With
+# ``--dist loadfile --no-loadscope-reorder`` pytest-xdist hands files out in collection
+# order: a long file started last would run alone while the other workers sit idle.
+LONGEST_FIRST = (
+    "tests/e2e/test_broker_random.py",
+    "tests/workflows/test_broker_redis.py",
+    "tests/e2e/test_bursts.py",
+    "tests/chaos/test_chaos_migration.py",
+    "tests/chaos/test_chaos_rollout.py",
+    "tests/chaos/test_chaos_scale_in_nomad.py",
+    "tests/e2e/test_broker_crash.py",
+    "tests/chaos/test_chaos_scale_in.py",
+    "tests/e2e/test_broker_load.py",
+    "tests/chaos/test_chaos_scale_out.py",
+    "tests/api/test_openapi_contract.py",
+    "tests/e2e/test_slots.py",
+    "tests/e2e/test_bursts_pools.py",
+    "tests/e2e/test_crash.py",
+    "tests/e2e/test_concurrent_resizes.py",
+    "tests/workflows/test_autoscaler.py",
+    "tests/cli/test_verbs.py",
+    "tests/api/test_broker_api.py",
+    "tests/core/broker/test_random_actions.py",
+    "tests/e2e/test_broker_burst.py",
+    "tests/e2e/test_migration_crash.py",
+    "tests/genisys/test_burst.py",
+    "tests/genisys/test_reconcile.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {path: i for i, path in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
+
+
 def pytest_configure(config: pytest.Config) -> None:
     # The controller (with or without pytest-xdist) names the file the chaos matrix's
     # rows are collected in; workers inherit it through the environment.
