@@ -235,7 +235,7 @@ def cluster() -> Iterator[Cluster]:
             ]
             acts = RedisClusterActivities(settings)
             formed = ActivityEnvironment().run(
-                acts.form_redis_cluster, FormClusterInput(nodes=specs)
+                acts.form_redis_cluster, FormClusterInput(nodes=specs, assign_slots=True)
             )
             yield Cluster(acts, nodes, dict(formed.node_ids))
         finally:

@@ -206,7 +206,8 @@ def _label(ranges: list[tuple[int, int]]) -> str:
 
 
 def form_cluster(req: FormClusterInput, conns: Conns) -> FormClusterResult:
-    """MEET, ADDSLOTSRANGE, REPLICATE until every node agrees and says cluster_state:ok."""
+    """MEET, ADDSLOTSRANGE (a new cluster only), REPLICATE until every node agrees and
+    says cluster_state:ok."""
     deadline = time.monotonic() + req.timeout_s
     events: list[EventNote] = []
     addresses = [n.address for n in req.nodes]
@@ -216,9 +217,19 @@ def form_cluster(req: FormClusterInput, conns: Conns) -> FormClusterResult:
         ids = {a: v.myself.id for a, v in views.items()}
         if not slots_assigned:
             _set_config_epochs(addresses, conns, views)
-            events += _assign_slots(req, conns, views)
+            if req.assign_slots:
+                events += _assign_slots(req, conns, views)
             slots_assigned = True
             views = {a: view_of(conns[a]) for a in addresses}
+            unowned = _unowned(req, views)
+            if unowned:
+                # Not a new cluster: the keys of these slots are on nodes this membership
+                # leaves out, and no gossip brings them in. A later membership may.
+                raise retryable(
+                    f"no node of this membership owns slots {_label(unowned)}: "
+                    "they are not given to nodes without their data",
+                    SOURCE,
+                )
         events += _meet(addresses, conns, views)
         events += _replicate(req, conns, views, ids)
         waiting = _not_formed(req, conns, views, ids)
@@ -260,13 +271,19 @@ def _current_epoch(r: redis.Redis) -> int:
     return 0
 
 
-def _assign_slots(req: FormClusterInput, conns: Conns, views: dict[str, View]) -> list[EventNote]:
-    # A slot any node already sees owned stays where it is: a re-run changes nothing.
+def _owned(views: dict[str, View]) -> list[bool]:
+    """For each slot, whether any node owns it in any of ``views``."""
     owned = [False] * SLOTS
     for v in views.values():
         for n in v.nodes:
             for a, b in n.ranges:
                 owned[a : b + 1] = [True] * (b - a + 1)
+    return owned
+
+
+def _assign_slots(req: FormClusterInput, conns: Conns, views: dict[str, View]) -> list[EventNote]:
+    # A slot any node already sees owned stays where it is: a re-run changes nothing.
+    owned = _owned(views)
     events = []
     for spec in req.nodes:
         free = [s for a, b in spec.slots for s in range(a, b + 1) if not owned[s]]
@@ -352,6 +369,13 @@ def _not_formed(
         if not cluster_state_ok(conns[a]):
             return f"{a} does not say cluster_state:ok yet"
     return ""
+
+
+def _unowned(req: FormClusterInput, views: dict[str, View]) -> list[tuple[int, int]]:
+    """The masters' slots that no node owns in any member's view."""
+    owned = _owned(views)
+    wanted = (s for spec in req.nodes for a, b in spec.slots for s in range(a, b + 1))
+    return normalize((s, s) for s in wanted if not owned[s])
 
 
 # ---- slot migration ---------------------------------------------------------------------
@@ -937,6 +961,16 @@ def failover(req: FailoverInput, conns: Conns) -> FailoverResult:
                 raise retryable(f"{req.replica} is not in sync with {replaced} yet", SOURCE)
             how = "took over from"
     if not view_of(r).myself.is_master:
+        # TAKEOVER asks Redis for no proof that the replica holds the data: a replica
+        # that never finished its sync would take the slots empty, and every node
+        # that syncs from it afterwards (the old master's peer, the balance) with it.
+        why = _not_a_copy(r)
+        if why:
+            raise retryable(
+                f"{req.replica} {why}: it cannot take over from {replaced or 'its master'} "
+                "without losing the shard's data",
+                SOURCE,
+            )
         r.execute_command("CLUSTER", "FAILOVER", "TAKEOVER")
     _wait(lambda: view_of(r).myself.is_master, req.timeout_s, f"{req.replica} to become master")
     took = (time.monotonic() - started) * 1000
@@ -967,6 +1001,24 @@ def _in_sync(replica: redis.Redis, master: redis.Redis) -> bool:
     mine, theirs = replication(replica), replication(master)
     caught_up = int(mine.get("slave_repl_offset", -1)) >= int(theirs.get("master_repl_offset", 0))
     return mine.get("master_link_status") == "up" and caught_up
+
+
+def _not_a_copy(replica: redis.Redis) -> str:
+    """Why ``replica`` may not hold its master's data, or ``""`` when it does: its link is
+    up, or it was up and went down with the master. A replica still loading a sync, or
+    one whose link never came up (told to replicate, the master gone before the sync
+    ended), holds nothing of the master's; its own offsets cannot tell (while it
+    syncs, Redis reports the offset it had before)."""
+    mine = replication(replica)
+    if mine.get("role") != "slave":
+        return "is not a replica"
+    if int(mine.get("master_sync_in_progress", 0)):
+        return "is still loading its sync"
+    if mine.get("master_link_status") == "up":
+        return ""
+    if int(mine.get("master_link_down_since_seconds", -1)) < 0:
+        return "never finished a sync with its master"
+    return ""
 
 
 def _gave_up(conns: Conns, address: str) -> bool:

@@ -96,7 +96,7 @@ def cluster(proxies: LocalProxies, settings: Settings) -> Cluster:  # noqa: F811
     specs = chunk_specs(nodes, [(0, HALF - 1)], [(HALF, SLOTS - 1)])
     acts = RedisClusterActivities(settings)
     c = Cluster(proxies, acts, nodes, specs)
-    c.run(acts.form_redis_cluster, FormClusterInput(nodes=specs))
+    c.run(acts.form_redis_cluster, FormClusterInput(nodes=specs, assign_slots=True))
     return c
 
 
@@ -462,3 +462,73 @@ def test_takeover_when_the_master_is_dead(cluster: Cluster) -> None:
         assert client.get(k) == v.encode()
     client.close()
     assert owner_ranges(c)[c.nodes[1]] == [(HALF, SLOTS - 1)]
+
+
+def test_no_takeover_by_a_replica_that_never_finished_its_sync(cluster: Cluster) -> None:
+    """A replica whose master died while its first sync was still loading holds none of
+    the master's keys: promoting it would serve the shard empty. The failover refuses
+    it, and the replica that did sync still takes over with every key."""
+    c = cluster
+    data = keys_in([(0, HALF - 1)], 3000)
+    client = c.client()
+    load(client, data)
+    client.close()
+    master = c.node(c.nodes[0])
+    # A new replica of node 0 (a spare proxy's node), whose sync lasts while we look:
+    # the master writes its snapshot slowly (2 ms a key).
+    spare = chunk_nodes(c.proxies, ("s",), ("127.0.0.4",))[0]
+    late = c.node(spare)
+    master_id = view_of(master).myself.id
+    host, port = split_address(spare)
+    master.execute_command("CLUSTER", "MEET", host, port, view_of(late).myself.bus_port)
+    until(lambda: (line := view_of(late).by_id(master_id)) is not None and line.settled)
+    master.config_set("rdb-key-save-delay", 2000)
+    late.execute_command("CLUSTER", "REPLICATE", master_id)
+    until(lambda: late.info("replication").get("master_sync_in_progress") == 1)
+
+    rec = c.proxies.load("a")
+    assert rec is not None and rec.pids[0] is not None
+    os.kill(rec.pids[0], signal.SIGKILL)
+    processes.reap(rec.pids[0])
+
+    with pytest.raises(ApplicationError) as err:
+        c.run(c.acts.failover_redis_node, FailoverInput(replica=spare))
+    assert "sync" in str(err.value) and not err.value.non_retryable
+    me = view_of(late).myself
+    assert not me.is_master and me.ranges == []
+
+    # Node 3 had every key when the master died: it takes over, and nothing is lost.
+    over = c.run(c.acts.failover_redis_node, FailoverInput(replica=c.nodes[3]))
+    assert f"{c.nodes[3]} took over from {c.nodes[0]}" in over.events[0].message
+    assert c.node(c.nodes[3]).dbsize() == len(data)
+    host, port = split_address(c.nodes[2])  # node 0 is dead
+    client = RedisCluster(host=host, port=port)
+    for k, v in data.items():
+        assert client.get(k) == v.encode()
+    client.close()
+
+
+def test_forming_gives_no_slot_to_an_empty_master_outside_a_create(
+    proxies: LocalProxies,  # noqa: F811
+    settings: Settings,
+) -> None:
+    """A membership whose masters are new nodes (say, the replicas of a proxy left out as
+    failed, which never got its data) is not a new cluster: the slots stay unowned
+    rather than go to nodes that would serve them empty."""
+    acts = RedisClusterActivities(settings)
+    nodes = chunk_nodes(proxies, ("x", "y"), ("127.0.0.2", "127.0.0.3"))
+    specs = chunk_specs(nodes, [(0, HALF - 1)], [(HALF, SLOTS - 1)])
+    with pytest.raises(ApplicationError) as err:
+        ActivityEnvironment().run(acts.form_redis_cluster, FormClusterInput(nodes=specs))
+    assert "no node of this membership owns slots 0-16383" in str(err.value)
+    for address in nodes:
+        host, port = split_address(address)
+        assert view_of(redis.Redis(host=host, port=port)).myself.ranges == []
+
+
+def until(done: Any, timeout_s: float = 30.0) -> None:
+    """Until ``done()``; a bound only so that a broken test ends."""
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)

@@ -119,7 +119,10 @@ class FakeRedis:
                     raise _fatal(f"{n.address} owns slots and cannot replicate {spec.master}")
                 n.role, n.master = Role.REPLICA, spec.master
             else:
+                # Like the real activity: slots no node owns are given in a create only.
                 free = {s for a, b in spec.slots for s in range(a, b + 1)} - owned
+                if free and not req.assign_slots:
+                    raise _retry(f"no node of this membership owns slots of {n.address}")
                 n.slots |= free
                 owned |= free
                 if n.role is Role.REPLICA:
@@ -296,7 +299,10 @@ class FakeRedis:
 
 def _form_input(*specs: tuple[str, Role, str | None, list[tuple[int, int]]]) -> FormClusterInput:
     return FormClusterInput.model_validate(
-        {"nodes": [{"address": a, "role": r, "master": m, "slots": s} for a, r, m, s in specs]}
+        {
+            "nodes": [{"address": a, "role": r, "master": m, "slots": s} for a, r, m, s in specs],
+            "assign_slots": True,
+        }
     )
 
 

@@ -99,7 +99,8 @@ class ClusterNodeSpec(BaseModel):
     role: Role
     # Replicas: the address of their master.
     master: Address | None = None
-    # Masters: the slots they take when no node of the cluster owns them yet.
+    # Masters: their slots; taken when no node owns them yet, in a create only (see
+    # FormClusterInput.assign_slots).
     slots: list[Range] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -116,6 +117,11 @@ class FormClusterInput(BaseModel):
 
     nodes: list[ClusterNodeSpec] = Field(min_length=1)
     timeout_s: float = Field(default=30.0, gt=0)
+    # Give the masters the slots no node owns yet: only for a new cluster. In any other
+    # membership such a slot's keys are on a node the members do not see (say, the
+    # only ones that hold them were left out as failed), and an empty master that
+    # took the slot would serve it empty.
+    assign_slots: bool = False
 
     @model_validator(mode="after")
     def _consistent(self) -> FormClusterInput:
@@ -141,11 +147,13 @@ class FormClusterResult(ActivityReport):
     node_ids: dict[str, str] = Field(default_factory=dict)
 
 
-def form_input_for(cluster: Cluster, timeout_s: float = 30.0) -> FormClusterInput:
+def form_input_for(
+    cluster: Cluster, timeout_s: float = 30.0, assign_slots: bool = False
+) -> FormClusterInput:
     """The membership of a broker cluster as its metadata records it.
 
     A master's slots are its stable and migrating ranges: an importing range is still
-    owned by its source until the move commits.
+    owned by its source until the move commits. ``assign_slots`` only for a create.
     """
     specs = []
     for node in cluster.nodes:
@@ -155,7 +163,7 @@ def form_input_for(cluster: Cluster, timeout_s: float = 30.0) -> FormClusterInpu
         else:
             master = node.repl.peers[0].node_address if node.repl.peers else None
             specs.append(ClusterNodeSpec(address=node.address, role=Role.REPLICA, master=master))
-    return FormClusterInput(nodes=specs, timeout_s=timeout_s)
+    return FormClusterInput(nodes=specs, timeout_s=timeout_s, assign_slots=assign_slots)
 
 
 # ---- slot migration -------------------------------------------------------------------

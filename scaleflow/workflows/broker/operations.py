@@ -181,7 +181,7 @@ class BrokerOperationWorkflow:
             case StepAction.REMOVE:
                 await self._remove(step.nodes, keep_cluster=True)
             case StepAction.FORM:
-                await self._form()
+                await self._form(assign_slots=inp.kind is OpKind.CREATE)
             case StepAction.TAKEOVER:
                 await self._takeover(step.nodes)
             case StepAction.EXPAND:
@@ -265,7 +265,10 @@ class BrokerOperationWorkflow:
 
         await self._rounds(attempt)
 
-    async def _form(self) -> None:
+    async def _form(self, assign_slots: bool) -> None:
+        """``assign_slots`` for a new cluster only: in any other, a slot no member owns
+        has its keys on a node left out, and must not go to an empty master."""
+
         async def attempt() -> None:
             cluster = self.cluster
             if cluster is None:
@@ -276,7 +279,7 @@ class BrokerOperationWorkflow:
             )
             await workflow.execute_activity(
                 "form_redis_cluster",
-                form_input_for(members),
+                form_input_for(members, assign_slots=assign_slots),
                 result_type=FormClusterResult,
                 summary=f"form cluster {cluster.name} of {len(members.nodes)} nodes",
                 **_membership_options(),
