@@ -7,8 +7,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 from pydantic import BaseModel
+from starlette.datastructures import State
+from starlette.types import ASGIApp, Receive, Scope, Send
 from temporalio.client import Client
 
 from scaleflow.api import auth, computes_file, errors, limits, metrics
@@ -58,6 +60,23 @@ def update_limiter(settings: Settings) -> limits.UpdateLimiter:
     )
 
 
+class RequestCounter:
+    """Counts the HTTP requests served (the status document's ``scaleflow.http.requests``).
+
+    A plain ASGI middleware: Starlette's ``BaseHTTPMiddleware`` (``@app.middleware``)
+    can answer 500 "No response returned" when a request's disconnect races its
+    response on a loaded machine, and it costs a task group per request."""
+
+    def __init__(self, app: ASGIApp, state: State) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            self.state.requests += 1
+        await self.app(scope, receive, send)
+
+
 def create_app(settings: Settings | None = None, client: Client | None = None) -> FastAPI:
     """The API; it connects to Temporal at start-up unless given a ``client``."""
     settings = settings or Settings()
@@ -79,10 +98,7 @@ def create_app(settings: Settings | None = None, client: Client | None = None) -
     app.state.broker_name = settings.broker_name
     app.state.requests = 0
 
-    @app.middleware("http")
-    async def count_requests(request: Request, call_next) -> Response:  # type: ignore[no-untyped-def]
-        request.app.state.requests += 1
-        return await call_next(request)
+    app.add_middleware(RequestCounter, state=app.state)
 
     errors.install(app, ERROR_FORMATS)
     errors.document_errors(app, ERROR_MODELS)
