@@ -29,6 +29,9 @@ with workflow.unsafe.imports_passed_through():
 
 # workflow.patched id: a drain cut short gives the node its slots (and keys) back.
 RESTORE_SLOTS = "scale-in-restores-slots"
+# workflow.patched id: a cancel raised in place of terminate's result ends the removal
+# as a cancel during terminate does (the node reported gone, the operation goes on).
+FINISHES_REMOVAL = "scale-in-finishes-removal"
 
 
 @workflow.defn
@@ -109,8 +112,15 @@ class ScaleInWorkflow(OperationBase):
             except asyncio.CancelledError:
                 # Once termination has begun it is finished: a half-removed node helps nobody.
                 await self.terminate(inp, draining)
-                await self.report(inp.op_id, gone)
-                raise
+                finished = workflow.cancellation_reason() is not None and workflow.patched(
+                    FINISHES_REMOVAL
+                )
+                if not finished:
+                    await self.report(inp.op_id, gone)
+                    raise
+                # The cancel came with terminate's result (the SDK raises it in place of
+                # the result): the node is gone, as when a cancel comes while terminate
+                # runs, so the removal counts and the cancel is left to the next step.
             # A node whose termination failed for good stays "draining", for an operator.
             await self.report(inp.op_id, gone)
 
