@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BASE_PYTHON = str(
     Path(sys.base_prefix) / "bin" / f"python{sys.version_info[0]}.{sys.version_info[1]}"
 )
-PYTEST_LINE = ".venv/bin/pytest -q -p no:cacheprovider -n 3 --dist loadfile"
+PYTEST_LINE = ".venv/bin/pytest -q -p no:cacheprovider -n 3 --dist loadfile --no-loadscope-reorder"
 # `scaleflow dev` must stop well before the 60 s it used to wait for the dev server.
 STOPS_WITHIN_S = 20.0
 

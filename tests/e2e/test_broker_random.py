@@ -600,6 +600,8 @@ def seed_in_failure(run: Run) -> Iterator[None]:
         ) from exc
 
 
+# 200 actions with real slot moves: 3-4 minutes on a loaded 2-core machine.
+@pytest.mark.timeout(600)
 async def test_random_broker_actions_keep_every_key(run: Run) -> None:
     actions = int(os.environ.get(ACTIONS_ENV) or 200)
     with seed_in_failure(run):
