@@ -54,6 +54,7 @@ from scaleflow.workflows.broker.models import (
     broker_workflow_id,
 )
 from tests.core.broker.helpers import check_meta, is_balanced
+from tests.polling import Backoff
 from tests.workflows.test_broker_fakes import FakeRedis, Gate
 
 HOSTS = [f"127.0.0.{h}" for h in range(2, 6)]
@@ -416,11 +417,15 @@ async def test_auto_scale_out_then_down(broker: Broker) -> None:
 
 
 async def wait_for(what: str, check: Callable[[], Awaitable[bool]], tries: int = 600) -> None:
-    for _ in range(tries):
+    """Until ``check()``, for up to ``tries`` x 50 ms; the checks back off (each is a
+    query on the broker's whole state)."""
+    wait = Backoff(tries * 0.05)
+    while True:
         if await check():
             return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting: {what}")
+        if wait.expired():
+            raise AssertionError(f"timed out waiting: {what}")
+        await wait.sleep()
 
 
 async def test_failure_detection_starts_a_failover(broker: Broker) -> None:
