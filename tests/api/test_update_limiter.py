@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from temporalio.client import WorkflowQueryFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from scaleflow.api.limits import UpdateBusyError, UpdateLimiter, is_transient_refusal
+from scaleflow.api.limits import UpdateBusyError, UpdateLimiter, is_transient_refusal, retried
 
 FAST = (0.001, 0.001, 0.001)
 
@@ -223,3 +224,41 @@ async def test_other_errors_are_not_retried(error: RPCError) -> None:
 def test_a_bound_below_one_is_refused() -> None:
     with pytest.raises(ValueError, match="max_inflight"):
         UpdateLimiter(max_inflight=0)
+
+
+SLOW = WorkflowQueryFailedError(
+    "[TMPRL1101] Potential deadlock detected: workflow didn't yield within 2 second(s)."
+)
+
+
+async def test_a_query_on_a_slow_workflow_task_is_asked_again() -> None:
+    calls = 0
+
+    async def attempt() -> str:
+        nonlocal calls
+        calls += 1
+        if calls < 3:
+            raise SLOW
+        return "meta"
+
+    assert await retried("broker/b", attempt, FAST) == "meta"
+    assert calls == 3
+
+
+@pytest.mark.parametrize(
+    "error",
+    [SLOW, WorkflowQueryFailedError("Workflow Task in failed state: Nondeterminism error")],
+    ids=["slow-every-time", "failed-task"],
+)
+async def test_a_query_that_keeps_failing_says_so(error: WorkflowQueryFailedError) -> None:
+    calls = 0
+
+    async def attempt() -> str:
+        nonlocal calls
+        calls += 1
+        raise error
+
+    with pytest.raises(WorkflowQueryFailedError) as caught:
+        await retried("broker/b", attempt, FAST)
+    assert caught.value is error
+    assert calls == (len(FAST) + 1 if error is SLOW else 1)
