@@ -50,12 +50,13 @@ DEV_SERVER_START_S = 60.0
 
 
 def default_pool(settings: Settings) -> PoolConfig:
-    return PoolConfig(
-        name=settings.default_pool_name,
-        engine=Engine.MEMCACHED,
-        provider=ProviderName.LOCAL,
-        min_count=1,
-        max_count=8,
+    return settings.new_pool(settings.default_pool_name).model_copy(
+        update={
+            "engine": Engine.MEMCACHED,
+            "provider": ProviderName.LOCAL,
+            "min_count": 1,
+            "max_count": 8,
+        }
     )
 
 

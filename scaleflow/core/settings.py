@@ -7,6 +7,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from scaleflow.core.models import PoolConfig
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SCALEFLOW_", extra="ignore")
@@ -51,6 +53,9 @@ class Settings(BaseSettings):
     cloudwatch_namespace: str = "scaleflow/memcached"
 
     drain_poll_interval_s: float = 0.5
+    # How often the pools' clients re-read their slot map (a new pool's
+    # ``client_refresh_s``): migrations wait twice this before copying and purging.
+    client_refresh_s: float = Field(default=0.5, ge=0, le=60)
     event_retention_hours: float = 48.0
     # Updates the API keeps in flight per entity (Temporal's own limit is 10), and how
     # long a request waits for a turn before it is answered 429.
@@ -93,6 +98,10 @@ class Settings(BaseSettings):
         if ":" in host and not host.startswith("["):
             host = f"[{host}]"  # a bare IPv6 address in a URL
         return f"http://{host}:{self.api_port}"
+
+    def new_pool(self, name: str) -> PoolConfig:
+        """What a pool created without a word on them gets for deployment-wide settings."""
+        return PoolConfig(name=name, client_refresh_s=self.client_refresh_s)
 
     @property
     def nodes_dir(self) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -65,3 +66,22 @@ async def test_cache_config_on_unknown_or_non_local_pool(st: Stack) -> None:
     resp = await st.http.put(f"/v1/pools/{name}/cache-config", json={"capacity_mb": 64})
     assert resp.status_code == 409
     assert "local memcached pools only" in resp.json()["Error"]
+
+
+async def test_a_new_pool_waits_for_clients_as_the_deployment_says(
+    dev_env: WorkflowEnvironment, tmp_path: Path
+) -> None:
+    """SCALEFLOW_CLIENT_REFRESH_S is what a new pool gets; a later policy keeps the pool's."""
+    name = f"e2e-{uuid.uuid4().hex[:8]}"
+    settings = stack_settings(tmp_path, dev_env.client, client_refresh_s=0.3)
+    async with stack(settings, dev_env.client) as st:
+        assert (await st.put_policy(name, MinCount=0)).status_code == 200
+        assert (await st.pool(name))["config"]["client_refresh_s"] == 0.3
+    later = stack_settings(
+        tmp_path, dev_env.client, task_queue=settings.task_queue, client_refresh_s=0.1
+    )
+    async with stack(later, dev_env.client) as st:
+        st.pools.append(name)
+        assert (await st.put_policy(name, MinCount=0, MaxCount=4)).status_code == 200
+        config = (await st.pool(name))["config"]
+        assert config["max_count"] == 4 and config["client_refresh_s"] == 0.3

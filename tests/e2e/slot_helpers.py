@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from scaleflow.activities.memcached_wire import metadump
 from scaleflow.client import PoolClient
 from scaleflow.core.slots import SLOTS, SlotMap, slot_of
+from tests.e2e.stack import TEST_CLIENT_REFRESH_S
 
 
 def keyset(n: int) -> dict[str, str]:
@@ -16,7 +17,7 @@ def keyset(n: int) -> dict[str, str]:
 
 
 def write_all(api: str, pool: str, values: dict[str, str]) -> None:
-    client = PoolClient.from_api(api, pool)
+    client = PoolClient.from_api(api, pool, refresh_s=TEST_CLIENT_REFRESH_S)
     try:
         items = list(values.items())
         for i in range(0, len(items), 1000):
@@ -26,7 +27,7 @@ def write_all(api: str, pool: str, values: dict[str, str]) -> None:
 
 
 def missing(api: str, pool: str, values: dict[str, str]) -> list[str]:
-    client = PoolClient.from_api(api, pool)
+    client = PoolClient.from_api(api, pool, refresh_s=TEST_CLIENT_REFRESH_S)
     try:
         keys = list(values)
         lost = []
@@ -54,7 +55,7 @@ class Reader:
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        client = PoolClient.from_api(self.api, self.pool, refresh_s=0.2)
+        client = PoolClient.from_api(self.api, self.pool, refresh_s=TEST_CLIENT_REFRESH_S)
         keys = list(self.values)
         rng = random.Random(7)
         try:

@@ -169,15 +169,21 @@ class Stack:
         raise AssertionError(f"{activity_type} was never scheduled for {op_id}")
 
 
+TEST_CLIENT_REFRESH_S = 0.2
+
+
 def stack_settings(tmp: Path, client: Client, **over: Any) -> Settings:
     target = client.service_client.config.target_host
-    return Settings(
-        temporal_address=target,
-        task_queue=f"e2e-{uuid.uuid4().hex[:8]}",
-        state_dir=tmp / "state",
-        drain_poll_interval_s=0.05,
-        **over,
-    )
+    defaults: dict[str, Any] = {
+        "temporal_address": target,
+        "task_queue": f"e2e-{uuid.uuid4().hex[:8]}",
+        "state_dir": tmp / "state",
+        "drain_poll_interval_s": 0.05,
+        # The tests' pool clients re-read the map every 0.2 s (TEST_CLIENT_REFRESH_S):
+        # migrations wait 0.4 s per step for them rather than 1 s.
+        "client_refresh_s": TEST_CLIENT_REFRESH_S,
+    }
+    return Settings(**{**defaults, **over})
 
 
 @contextlib.asynccontextmanager

@@ -12,7 +12,7 @@ from temporalio.testing import WorkflowEnvironment
 from scaleflow.client import PoolClient
 from scaleflow.core.autoscale import AutoscalerConfig
 from scaleflow.workflows.pool import PoolWorkflow
-from tests.e2e.stack import stack, stack_settings
+from tests.e2e.stack import TEST_CLIENT_REFRESH_S, stack, stack_settings
 
 
 class Traffic:
@@ -23,7 +23,7 @@ class Traffic:
         self.thread = threading.Thread(target=self._run, args=(api, pool, hits), daemon=True)
 
     def _run(self, api: str, pool: str, hits: bool) -> None:
-        client = PoolClient.from_api(api, pool, refresh_s=0.2)
+        client = PoolClient.from_api(api, pool, refresh_s=TEST_CLIENT_REFRESH_S)
         keys = [f"hot:{i}" for i in range(200)]
         if hits:
             client.set_many(dict.fromkeys(keys, "v"))

@@ -17,7 +17,7 @@ from scaleflow.client import PoolClient
 from scaleflow.client.wire import split_address
 from scaleflow.core.slots import SLOTS, SlotMap, slot_of
 from tests.e2e.slot_helpers import keyset, missing, owned_once, strays, write_all
-from tests.e2e.stack import Stack, stack, stack_settings
+from tests.e2e.stack import TEST_CLIENT_REFRESH_S, Stack, stack, stack_settings
 
 
 async def slot_map(st: Stack, name: str) -> SlotMap:
@@ -60,7 +60,7 @@ async def wait_forgotten(st: Stack, name: str, node: str, timeout_s: float = 30)
 
 
 def rewrite(api: str, name: str, updates: dict[str, str], deletes: list[str]) -> None:
-    client = PoolClient.from_api(api, name)
+    client = PoolClient.from_api(api, name, refresh_s=TEST_CLIENT_REFRESH_S)
     try:
         assert client.set_many(updates) == []
         for key in deletes:
@@ -70,7 +70,7 @@ def rewrite(api: str, name: str, updates: dict[str, str], deletes: list[str]) ->
 
 
 def found(api: str, name: str, keys: list[str]) -> list[str]:
-    client = PoolClient.from_api(api, name)
+    client = PoolClient.from_api(api, name, refresh_s=TEST_CLIENT_REFRESH_S)
     try:
         return sorted(client.get_many(keys))
     finally:

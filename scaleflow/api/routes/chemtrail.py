@@ -246,7 +246,8 @@ async def write_policy(
             ErrorKind.INVALID, f"policy Class {policy.Class!r} does not match path {client_class!r}"
         )
     current = await pool_view(client, client_class)
-    config = policy.to_config(client_class, current.config if current else None)
+    base = current.config if current else settings.new_pool(client_class)
+    config = policy.to_config(client_class, base)
     view = await upsert_pool(
         client,
         settings,
