@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import importlib.metadata
 import logging
 import os
 import signal
@@ -19,6 +21,7 @@ from temporalio.worker import (
     Interceptor,
     Worker,
 )
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from scaleflow.activities.broker_replication import BrokerReplicationActivities
 from scaleflow.activities.connector import ConnectorActivities
@@ -166,6 +169,29 @@ class _CountingActivity(ActivityInboundInterceptor):
         return result
 
 
+# The sandbox re-imports (and compiles) every workflow module for each workflow run, and
+# once more per workflow at start-up to check it: a tenth of the worker's CPU. Passed
+# through, modules load once. Calls the sandbox forbids (time, randomness, I/O) are still
+# refused at run time; the strict re-importing sandbox still runs in the workflow tests
+# and over every saved history (tests/test_replay.py). docs/design-notes.md says more.
+WORKFLOW_RUNNER = SandboxedWorkflowRunner(
+    restrictions=SandboxRestrictions.default.with_passthrough_all_modules()
+)
+
+
+def code_build_id() -> str:
+    """This code's identity for Temporal: scaleflow's own sources and the SDK's version.
+    The SDK's default hashes the bytecode of every loaded module, a third of a second at
+    each worker start."""
+    digest = hashlib.md5(usedforsecurity=False)
+    digest.update(importlib.metadata.version("temporalio").encode())
+    root = Path(__file__).parent
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return f"scaleflow-{digest.hexdigest()}"
+
+
 def build_worker(client: Client, settings: Settings) -> Worker:
     hook = ActivityKillHook.from_env()
     if hook is not None:
@@ -179,6 +205,8 @@ def build_worker(client: Client, settings: Settings) -> Worker:
         activity_executor=ThreadPoolExecutor(max_workers=64),
         max_concurrent_activities=64,
         interceptors=[hook] if hook is not None else [],
+        workflow_runner=WORKFLOW_RUNNER,
+        build_id=code_build_id(),
     )
 
 
