@@ -494,6 +494,10 @@ OWN_COMMANDS = frozenset(
 )
 
 
+# How many moved slots the other masters are told of at once (see ``_announce``).
+ANNOUNCE_SLOTS = 128
+
+
 class SlotMigration:
     """Moves slot ranges from one master to another, one small group of slots at a time."""
 
@@ -520,6 +524,7 @@ class SlotMigration:
         self._checked_at = -1e9
         self._active = False
         self._script_pushes = 0
+        self._unannounced: list[int] = []
 
     # ---- set-up ---------------------------------------------------------------
 
@@ -599,7 +604,9 @@ class SlotMigration:
                 )
                 self.heartbeat(progress.model_dump(mode="json"))
                 if self.cancelled():
+                    self._announce([], flush=True)
                     raise CancelledError("slot migration cancelled")
+        self._announce([], flush=True)
         self._wait_agreed(progress)
         how = f", {self.handovers:,} slots handed over atomically" if self.handovers else ""
         self.events.append(
@@ -689,7 +696,7 @@ class SlotMigration:
             # Taken by the target in an earlier attempt: the source may not know yet.
             done = [s for s in group if s not in todo]
             self._pipeline(self.src, [("SETSLOT", s, "NODE", self.dst_id) for s in done])
-        self._node_elsewhere(group)
+        self._announce(group)
         return keys, nbytes
 
     # ---- one slot handed over atomically ----------------------------------------
@@ -874,6 +881,16 @@ class SlotMigration:
         if replace:
             args.append("REPLACE")
         return [*args, "KEYS", *batch]
+
+    def _announce(self, slots: list[int], flush: bool = False) -> None:
+        """Tell the other masters of moved slots ANNOUNCE_SLOTS at a time: each SETSLOT
+        round makes every master save (and fsync) its nodes.conf, and a master that has
+        not heard yet only sends clients through the source, which redirects them (the
+        end of the migration waits until every master agrees)."""
+        self._unannounced += slots
+        if self._unannounced and (flush or len(self._unannounced) >= ANNOUNCE_SLOTS):
+            self._node_elsewhere(self._unannounced)
+            self._unannounced = []
 
     def _node_elsewhere(self, slots: list[int]) -> None:
         """SETSLOT NODE on the other masters, so none keeps the old owner until gossip."""
