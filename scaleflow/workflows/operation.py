@@ -31,6 +31,9 @@ HONOUR_CANCEL = "honour-swallowed-cancel"
 # cancel comes while it starts; should the operation close anyway, the child is asked to
 # cancel (it ends its moves) rather than terminated mid-move.
 MIGRATION_WAITED = "migration-child-waited-on-cancel"
+# workflow.patched id: a cancel raised in place of terminate_node's result re-runs the
+# termination and is honoured at the next step (scale-in, roll-out and compensation alike).
+TERMINATE_OUTLASTS_CANCEL = "terminate-outlasts-cancel"
 
 T = TypeVar("T")
 
@@ -281,6 +284,23 @@ class OperationBase:
             )
 
     async def terminate(self, inp: OperationInput, node: Node) -> None:
+        """Terminate ``node``; once begun, a termination is finished whatever comes.
+
+        A cancel that reaches the workflow in the same task as terminate_node's result is
+        raised by the SDK in place of that result, though the node may be gone; a caller
+        would then skip saying so, or (compensating) leave the nodes after it running.
+        Terminating again is harmless (it finds the node gone), and the cancel counts as
+        one that an await swallowed: :meth:`honour_cancel` raises it at the next step."""
+        try:
+            await self._terminate_node(inp, node)
+        except asyncio.CancelledError:
+            if workflow.cancellation_reason() is None or not workflow.patched(
+                TERMINATE_OUTLASTS_CANCEL
+            ):
+                raise  # not the operation's cancel (an eviction), or a history from before
+            await self._terminate_node(inp, node)
+
+    async def _terminate_node(self, inp: OperationInput, node: Node) -> None:
         await workflow.execute_activity(
             "terminate_node",
             TerminateInput(pool=inp.pool, node=node, config=inp.config),

@@ -148,12 +148,10 @@ class ConfigRolloutWorkflow(OperationBase):
     async def _destroy(self, inp: OperationInput, node: Node, reported: bool = True) -> None:
         """Terminate ``node`` and, if the pool knows it (``reported``), report it gone.
 
-        A cancel that reaches the workflow in the same task as terminate_node's result is
-        raised by the SDK in place of that result, though the node may be gone: the report
-        was skipped, and the pool kept a node the provider no longer had. Terminating again
-        is harmless (it finds the node gone) and says how it really ended; the cancel then
-        counts as one that an await swallowed: :meth:`honour_cancel` raises it at the next
-        step, and compensation ends with its own error anyway."""
+        A cancel raised in place of terminate_node's result skipped the report, and the
+        pool kept a node the provider no longer had. :meth:`terminate` finishes such a
+        termination itself now (``TERMINATE_OUTLASTS_CANCEL``); the branch below replays
+        the histories recorded between the two patches."""
         try:
             await self.terminate(inp, node)
         except asyncio.CancelledError:

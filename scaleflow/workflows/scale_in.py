@@ -111,6 +111,8 @@ class ScaleInWorkflow(OperationBase):
                 await self.terminate(inp, draining)
             except asyncio.CancelledError:
                 # Once termination has begun it is finished: a half-removed node helps nobody.
+                # (terminate() does so itself since TERMINATE_OUTLASTS_CANCEL; this replays
+                # the histories recorded before it.)
                 await self.terminate(inp, draining)
                 finished = workflow.cancellation_reason() is not None and workflow.patched(
                     FINISHES_REMOVAL

@@ -39,6 +39,8 @@ class FakeCloud:
     # (so no slot migration runs).
     addressless: bool = False
     fail_ready: bool = False
+    # node_ready fails for good for the nodes provisioned from this index on.
+    fail_ready_from: int | None = None
     ready_delay_s: float = 0.0
     drain_forever: bool = False
     load: dict[str, float] = field(default_factory=dict)
@@ -70,7 +72,10 @@ class FakeCloud:
         async def node_ready(req: ReadyInput) -> ReadyResult:
             if cloud.ready_delay_s:
                 await asyncio.sleep(cloud.ready_delay_s)
-            if cloud.fail_ready:
+            late = cloud.fail_ready_from is not None and (
+                cloud.provisioned.index(req.node.id) >= cloud.fail_ready_from
+            )
+            if cloud.fail_ready or late:
                 raise ApplicationError("node never answered", non_retryable=True)
             return ReadyResult(node=req.node.model_copy(update={"state": NodeState.READY}))
 

@@ -1,6 +1,6 @@
-"""A cancel that reaches a roll-out in the same workflow task as the result of the old
-node's ``terminate_node``, on a dev server (the time-skipping server cannot reset a
-sticky queue).
+"""A cancel that reaches an operation in the same workflow task as the result of a
+``terminate_node`` (a roll-out's old node, a failed scale-out's compensation), on a dev
+server (the time-skipping server cannot reset a sticky queue).
 
 The SDK then raises the cancel in place of the activity's result, though the node is
 gone: the roll-out used to end "cancelled" without reporting the node terminated, so the
@@ -48,9 +48,9 @@ class Cloud:
     client: Client
     fake: FakeCloud
     queue: str
-    # The first of these nodes to be terminated has its terminate_node completed by the
-    # test (asynchronously).
-    held_nodes: set[str] = field(default_factory=set)
+    # The first of these nodes (None: of any node) to be terminated has its
+    # terminate_node completed by the test (asynchronously).
+    held_nodes: set[str] | None = field(default_factory=set)
     # That node and its activity's task token, once the activity has done its work.
     held: asyncio.Future[tuple[str, bytes]] = field(default_factory=asyncio.Future)
 
@@ -60,7 +60,8 @@ class Cloud:
         @activity.defn(name="terminate_node")
         async def terminate_node(req: TerminateInput) -> ActivityReport:
             result: ActivityReport = await base["terminate_node"](req)
-            if req.node.id not in self.held_nodes or self.held.done():
+            held = self.held_nodes is None or req.node.id in self.held_nodes
+            if not held or self.held.done():
                 return result
             # The node is gone; the test reports the result when it chooses.
             self.held.set_result((req.node.id, activity.info().task_token))
@@ -161,4 +162,34 @@ async def test_a_cancel_with_an_old_nodes_termination_leaves_the_pool_whole(
         assert set(cloud.fake.alive) == ids
         assert set(cloud.fake.terminated) == {gone}
         owned_evenly(await pool.query(PoolWorkflow.slots), ids)
+        await replays(client, op.id)
+
+
+async def test_a_cancel_with_a_compensating_termination_destroys_every_node(
+    dev_env: WorkflowEnvironment, cloud: Cloud
+) -> None:
+    """A scale-out of two nodes fails on the second; as its compensation terminates the
+    first, a cancel comes with that result. The compensation must still destroy both."""
+    client = dev_env.client
+    cloud.held_nodes = None
+    cloud.fake.fail_ready_from = 1
+    async with cloud.worker():
+        pool = await start_pool(
+            client, cloud.queue, min_count=0, max_count=3, provider="local", scale_out_count=2
+        )
+        op = client.get_workflow_handle(await submit(pool, OperationKind.SCALE_OUT))
+        first, token = await asyncio.wait_for(cloud.held, 30)
+    assert cloud.fake.provisioned[0] == first and len(cloud.fake.provisioned) == 2
+    await unstick(client, op, pool)
+    await op.cancel()
+    await client.get_async_activity_handle(task_token=token).complete(ActivityReport())
+
+    async with cloud.worker():
+        with pytest.raises(WorkflowFailureError):
+            await op.result()
+        assert await landed_together(op), "the cancel and the result came apart"
+        await settle(pool, client, 0)
+        # Both nodes it made are gone: none left running at the provider.
+        assert cloud.fake.alive == {}
+        assert set(cloud.fake.terminated) == set(cloud.fake.provisioned)
         await replays(client, op.id)
