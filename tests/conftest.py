@@ -42,7 +42,10 @@ async def time_skipping_env() -> WorkflowEnvironment:
     return env
 
 
-@pytest.fixture(scope="session")
+# One per test file: the time-skipping server skips no time while any activity is
+# outstanding, so a workflow another file left with one (its worker gone) would make
+# every env.sleep() here wait in real time (a 2 s test took 235 s in a whole run).
+@pytest.fixture(scope="module")
 async def time_env() -> AsyncIterator[WorkflowEnvironment]:
     env = await time_skipping_env()
     yield env
