@@ -67,7 +67,7 @@ with workflow.unsafe.imports_passed_through():
         ProviderName,
         pool_workflow_id,
     )
-    from scaleflow.worker import WORKFLOWS
+    from scaleflow.worker import WORKFLOW_RUNNER, WORKFLOWS
     from scaleflow.workflows.pool import PoolWorkflow
     from tests.conftest import time_skipping_env
     from tests.workflows.fakes import FakeCloud
@@ -354,7 +354,8 @@ async def pools_day(runner: WorkflowRunner | None) -> PoolsDay:
 
 
 async def run(rounds: int = 2, sandboxed: bool = True) -> dict[str, Series]:
-    runner = None if sandboxed else UnsandboxedWorkflowRunner()
+    # scaleflow's worker's own runner (modules passed through the sandbox), or none.
+    runner: WorkflowRunner = WORKFLOW_RUNNER if sandboxed else UnsandboxedWorkflowRunner()
     how = "sandboxed, as scaleflow's worker runs" if sandboxed else "without the sandbox"
     print("=" * 78)
     print(
@@ -394,7 +395,11 @@ def main() -> None:
     parser.add_argument("--unsandboxed", action="store_true")
     args = parser.parse_args()
     print(f"{os.cpu_count()} cores, load average {load()}")
-    asyncio.run(run(args.rounds, sandboxed=not args.unsandboxed))
+    # The floor's workflow must come from this module under its own name: run as
+    # ``python -m``, this file is ``__main__``, which the pass-through sandbox cannot load.
+    from bench import policy_autoscaler_day
+
+    asyncio.run(policy_autoscaler_day.run(args.rounds, sandboxed=not args.unsandboxed))
     sys.stdout.flush()
     # As bench/__main__.py: after a time-skipping server the SDK's threads can abort
     # the interpreter's shutdown; every figure is printed by now.
