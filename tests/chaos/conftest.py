@@ -70,3 +70,18 @@ async def every_boundary(env: Env, op: Operation, mode: str) -> None:
     print(f"\n{rows_table([base, *rows])}")
     failed = [r for r in rows if not r.ok]
     assert not failed, f"{len(failed)} of {len(rows)} cases failed:\n{rows_table(failed)}"
+
+
+def boundary_test(*names: str) -> tuple[list[Operation], Callable[..., Any]]:
+    """The operations of one matrix file and its test: a fault (``kill`` or ``cancel``)
+    after each of their activities. A file says ``OPS, test_every_activity_boundary =
+    boundary_test(...)``, so each file is its own unit for ``--dist loadfile``."""
+    ops = operations(*names)
+
+    @pytest.mark.timeout(900)
+    @pytest.mark.parametrize("mode", ["kill", "cancel"])
+    @pytest.mark.parametrize("op", ops, ids=[o.name for o in ops])
+    async def test_every_activity_boundary(env: Env, op: Operation, mode: str) -> None:
+        await every_boundary(env, op, mode)
+
+    return ops, test_every_activity_boundary

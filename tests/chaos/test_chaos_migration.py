@@ -11,16 +11,6 @@ cover every operation of ``OPERATIONS``.
 
 from __future__ import annotations
 
-import pytest
+from tests.chaos.conftest import boundary_test
 
-from tests.chaos.conftest import every_boundary, operations
-from tests.chaos.harness import Env, Operation
-
-OPS = operations("migration", "data-clear")
-
-
-@pytest.mark.timeout(900)
-@pytest.mark.parametrize("mode", ["kill", "cancel"])
-@pytest.mark.parametrize("op", OPS, ids=[o.name for o in OPS])
-async def test_every_activity_boundary(env: Env, op: Operation, mode: str) -> None:
-    await every_boundary(env, op, mode)
+OPS, test_every_activity_boundary = boundary_test("migration", "data-clear")
