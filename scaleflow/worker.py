@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import importlib.metadata
 import logging
@@ -179,6 +180,7 @@ WORKFLOW_RUNNER = SandboxedWorkflowRunner(
 )
 
 
+@functools.cache
 def code_build_id() -> str:
     """This code's identity for Temporal: scaleflow's own sources and the SDK's version.
     The SDK's default hashes the bytecode of every loaded module, a third of a second at
