@@ -54,6 +54,10 @@ def is_transient_refusal(exc: BaseException) -> bool:
         return False
     if exc.status == RPCStatusCode.RESOURCE_EXHAUSTED:
         return True
+    # The server gave up on the call's wait ("operation was canceled", seen once in a
+    # burst of 100 genisys scales); our own deadlines raise RPCTimeoutOrCancelledError.
+    if exc.status == RPCStatusCode.CANCELLED:
+        return True
     message = exc.message.lower()
     # A query the server dropped from a busy workflow's buffer asks to be retried.
     return exc.status == RPCStatusCode.UNAVAILABLE and (

@@ -124,6 +124,7 @@ async def test_a_cancelled_waiter_does_not_keep_a_turn() -> None:
         (EXHAUSTED, True),
         (ABORTED, True),
         (rpc(RPCStatusCode.UNAVAILABLE, "Workflow Update was aborted."), True),
+        (rpc(RPCStatusCode.CANCELLED, "operation was canceled"), True),
         (rpc(RPCStatusCode.UNAVAILABLE, "connection refused"), False),
         (rpc(RPCStatusCode.NOT_FOUND, "workflow not found"), False),
         (rpc(RPCStatusCode.INVALID_ARGUMENT, "update was aborted"), False),
